@@ -1,0 +1,845 @@
+"""The append-only-file engine: dense u64 record indices over segment files.
+
+Concurrency: any number of threads may call the methods of one ``Aof``. Writes
+(append, truncation) are serialised by one lock; reads take no lock and are safe
+alongside appends. Durability comes from :mod:`segstore.aof.group_commit`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from segstore.aof import kernels
+from segstore.aof.fileio import FileIO
+from segstore.aof.format import (
+    FRAME_HEADER_BYTES,
+    LOCK_NAME,
+    META_NAME,
+    SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
+    SEGMENT_HEADER_BYTES,
+    SPARE_NAME,
+    TEMP_SUFFIX,
+    Meta,
+    SegmentHeader,
+    encode_sidecar,
+)
+from segstore.aof.group_commit import DurableCallback, GroupCommit
+from segstore.aof.preallocate import PREALLOCATE_MODES, PreallocateMode, SpareSegment
+from segstore.aof.recovery import RecoveryReport, recover
+from segstore.aof.segment import Segment
+from segstore.errors import (
+    ClosedError,
+    IndexOutOfRangeError,
+    InvalidArgumentError,
+    NotAStoreError,
+    RecordTooLargeError,
+    StorageIOError,
+)
+
+SEGMENT_BYTES_DEFAULT = 64 << 20
+Payload = bytes | bytearray | memoryview
+
+
+class Aof:
+    """A segmented append-only file of records with dense u64 indices.
+
+    Open with :meth:`Aof.open`. Records are appended with :meth:`append` or
+    :meth:`append_batch`, made durable by group commit (:meth:`sync`,
+    :attr:`durable_index`, :meth:`on_durable`), read zero-copy with :meth:`read`, and
+    removed from either end with :meth:`truncate_before` and :meth:`truncate_after`.
+    """
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        raise TypeError("use Aof.open(path, ...) to open an Aof")
+
+    # -- opening and closing -------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        header_dtype: npt.DTypeLike | None = None,
+        segment_bytes: int | None = None,
+        create: bool = True,
+        autosync: bool = True,
+        preallocate: PreallocateMode = "zero",
+        verify_reads: bool = True,
+        readonly: bool = False,
+        user: dict[str, Any] | None = None,
+        io: FileIO | None = None,
+    ) -> Aof:
+        """Open (or create) the Aof in directory ``path``.
+
+        ``header_dtype``: numpy dtype of each record's fixed-size header, fixed at
+        creation (``None``: no header); when given for an existing Aof it must match.
+        ``segment_bytes``: capacity of new segment files (default 64 MiB).
+        ``autosync``: a background flusher syncs whatever is appended (group commit);
+        without it records become durable only through :meth:`sync`.
+        ``preallocate``: ``"zero"`` fills new segments with zeros ahead of need (cheaper
+        fdatasync), ``"sparse"`` only sizes them.
+        ``verify_reads``: check each record's CRC32C when it is read.
+        ``readonly``: never write (torn tails are cut in memory only); for tools.
+        ``user``: initial user metadata at creation (see :attr:`user_meta`).
+        ``io``: the file-operation seam (tests inject faults through it).
+        """
+        self = object.__new__(cls)
+        self._init(
+            os.fspath(path),
+            header_dtype=header_dtype,
+            segment_bytes=segment_bytes,
+            create=create,
+            autosync=autosync,
+            preallocate=preallocate,
+            verify_reads=verify_reads,
+            readonly=readonly,
+            user=user,
+            io=io or FileIO(),
+        )
+        return self
+
+    def _init(
+        self,
+        path: str,
+        *,
+        header_dtype: npt.DTypeLike | None,
+        segment_bytes: int | None,
+        create: bool,
+        autosync: bool,
+        preallocate: PreallocateMode,
+        verify_reads: bool,
+        readonly: bool,
+        user: dict[str, Any] | None,
+        io: FileIO,
+    ) -> None:
+        self._closed = True
+        self._io = io
+        self.path = path
+        dtype = _check_dtype(header_dtype)
+        if segment_bytes is not None:
+            _check_segment_bytes(segment_bytes)
+        if preallocate not in PREALLOCATE_MODES:
+            raise InvalidArgumentError(f"preallocate must be one of {PREALLOCATE_MODES}")
+        started = time.perf_counter()
+        self._lock_fd: int | None = self._prepare_directory(create and not readonly)
+        try:
+            meta = self._load_or_create_meta(dtype, segment_bytes, create and not readonly, user)
+            if dtype is not None and meta.header_dtype != dtype:
+                raise InvalidArgumentError(
+                    f"{path} was created with header dtype {meta.header_dtype}, not {dtype}"
+                )
+            self._meta = meta
+            self._segment_bytes = segment_bytes or meta.segment_bytes
+            self._header_bytes = meta.header_bytes
+            self._header_zero = bytes(self._header_bytes)
+            self._verify_reads = verify_reads
+            self._readonly = readonly
+            self._write_lock = threading.RLock()
+            self._epoch_bumped = False
+            self._dir_dirty = False
+            self._scratch = bytearray(1 << 16)
+            self._sealed_unsynced: list[Segment] = []
+            recovered = recover(io, path, meta)
+            self.recovery: RecoveryReport = recovered.report
+            self._segments = recovered.segments
+            self._firsts = [s.first_index for s in self._segments]
+            self._first_index = meta.first_index
+            self._last_index = self._segments[-1].last_index if self._segments else 0
+            if self._last_index < self._first_index - 1:
+                self._last_index = self._first_index - 1
+            self._commit = GroupCommit(self._flush_io, self._last_index)
+            self._spare = SpareSegment(io, path, self._segment_bytes, preallocate)
+            self._closed = False
+            if not readonly:
+                self._finish_recovery(recovered.doomed)
+                if autosync:
+                    self._commit.start_background(lambda: self._last_index)
+            self.recovery_seconds = time.perf_counter() - started
+        except BaseException:
+            self._release_all()
+            raise
+
+    def _prepare_directory(self, create: bool) -> int:
+        path = self.path
+        if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise NotAStoreError(f"{path} is not a directory")
+            if not create:
+                raise NotAStoreError(f"{path} does not exist (open with create=True)")
+            os.makedirs(path)
+        names = set(self._io.listdir(path))
+        if META_NAME not in names and names - {LOCK_NAME}:
+            raise NotAStoreError(
+                f"{path} is not an Aof: it has files but no {META_NAME}; "
+                "use an empty or new directory"
+            )
+        return self._io.lock(os.path.join(path, LOCK_NAME))
+
+    def _load_or_create_meta(
+        self,
+        dtype: np.dtype[Any] | None,
+        segment_bytes: int | None,
+        create: bool,
+        user: dict[str, Any] | None,
+    ) -> Meta:
+        meta_path = os.path.join(self.path, META_NAME)
+        if not os.path.exists(meta_path):
+            if not create:
+                raise NotAStoreError(f"{self.path} is not an Aof (no {META_NAME})")
+            meta = Meta(
+                store_id=Meta.new_store_id(),
+                header_dtype=dtype,
+                segment_bytes=segment_bytes or SEGMENT_BYTES_DEFAULT,
+                user=dict(user or {}),
+            )
+            self._io.replace_file(self.path, META_NAME, meta.encode())
+            return meta
+        return Meta.decode(self._io.read_file(meta_path), meta_path)
+
+    def _finish_recovery(self, doomed: list[Segment]) -> None:
+        """Make recovery's decisions durable before anything is written."""
+        for name in self._io.listdir(self.path):
+            if name.endswith(TEMP_SUFFIX) and name != SPARE_NAME:
+                self._io.unlink(os.path.join(self.path, name))
+        for segment in doomed:
+            self._remove_segment_files(segment)
+        if doomed:
+            self._io.fsync_dir(self.path)
+        if self.recovery.torn_cut_at_index is not None:
+            self._bump_epoch()  # the cut is durable from here on
+        for segment in self._segments[:-1]:
+            if not os.path.exists(segment.sidecar_path):
+                self._write_sidecar(segment)
+            segment.sealed = True
+            segment.trim()
+        if self._segments:
+            self._activate(self._segments[-1])
+
+    def close(self) -> None:
+        """Sync what was appended (unless the store failed), then release everything.
+
+        Idempotent. Views returned by :meth:`read` must not be used after close.
+        """
+        if self._closed:
+            return
+        try:
+            if not self._readonly:
+                self._commit.stop_background()
+                if self._commit.failure is None:
+                    self.sync()
+        finally:
+            self._closed = True
+            self._release_all()
+
+    def _release_all(self) -> None:
+        spare = getattr(self, "_spare", None)
+        if spare is not None:
+            spare.close()
+        for segment in getattr(self, "_segments", []):
+            segment.release()
+        lock_fd = getattr(self, "_lock_fd", None)
+        if lock_fd is not None:
+            self._io.unlock(lock_fd, os.path.join(self.path, LOCK_NAME))
+            self._lock_fd = None
+
+    def __enter__(self) -> Aof:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"[{self._first_index}, {self._last_index}]"
+        return f"<Aof {self.path!r} {state}>"
+
+    # -- properties ----------------------------------------------------------------
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first retained record (``last_index + 1`` when empty)."""
+        return self._first_index
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last record (``first_index - 1`` when empty)."""
+        return self._last_index
+
+    def __len__(self) -> int:
+        return self._last_index - self._first_index + 1
+
+    @property
+    def durable_index(self) -> int:
+        """Highest index covered by a completed fdatasync.
+
+        It only moves up, except that :meth:`truncate_after` lowers it to the cut.
+        """
+        return self._commit.durable_index
+
+    @property
+    def header_dtype(self) -> np.dtype[Any] | None:
+        """The record header dtype fixed at creation (None without headers)."""
+        return self._meta.header_dtype
+
+    @property
+    def store_id(self) -> bytes:
+        """Random 16-byte id made at creation; segments and sidecars repeat it."""
+        return self._meta.store_id
+
+    @property
+    def user_meta(self) -> dict[str, Any]:
+        """A copy of the user metadata stored in ``aof.meta``."""
+        return dict(self._meta.user)
+
+    @property
+    def failed(self) -> StorageIOError | None:
+        """The I/O error that failed the store stop, if any."""
+        return self._commit.failure
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def segment_paths(self) -> list[str]:
+        """Paths of the segment files holding records, oldest first."""
+        return [s.path for s in self._segments]
+
+    # -- appending -----------------------------------------------------------------
+
+    def append(self, payload: Payload, header: Any = None) -> int:
+        """Append one record; return its index. Durable once :meth:`sync` covers it.
+
+        ``header``: a structured scalar, tuple, or bytes matching the header dtype;
+        None writes a zero header.
+        """
+        data = _payload_view(payload)
+        header_raw = self._header_raw(header)
+        size = kernels.frame_bytes(self._header_bytes, data.nbytes)
+        with self._write_lock:
+            self._check_writable()
+            segment = self._segment_with_room(size)
+            index = self._last_index + 1
+            scratch = self._scratch_of(size)
+            kernels.encode_one(
+                scratch, 0, data, header_raw, index, self._meta.epoch, self._commit.durable_index
+            )
+            offset = segment.end_offset
+            self._write(segment, memoryview(scratch)[:size])
+            count = segment.count
+            segment.reserve(1)
+            segment.offsets[count] = offset
+            segment.lengths[count] = data.nbytes
+            if self._header_bytes:
+                base = count * self._header_bytes
+                segment.headers[base : base + self._header_bytes] = np.frombuffer(
+                    header_raw, np.uint8
+                )
+            segment.count = count + 1
+            segment.end_offset = offset + size
+            self._last_index = index
+        self._commit.nudge()
+        return index
+
+    def append_batch(self, payloads: Sequence[Payload], headers: Any = None) -> int:
+        """Append records in order with one write per segment; return the last index.
+
+        ``headers``: a numpy array of the header dtype with one row per payload, or None.
+        """
+        if isinstance(payloads, (bytes, bytearray, memoryview, str)):
+            raise InvalidArgumentError("payloads must be a sequence of byte buffers")
+        count = len(payloads)
+        if count == 0:
+            raise InvalidArgumentError("append_batch needs at least one payload")
+        try:
+            joined = b"".join(payloads)
+            lengths = np.fromiter(map(len, payloads), np.uint32, count)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"payloads must be byte buffers: {exc}") from None
+        if int(lengths.sum(dtype=np.uint64)) != len(joined):
+            raise InvalidArgumentError("payloads must be flat byte buffers (itemsize 1)")
+        header_table = self._header_table(headers, count)
+        sizes = (FRAME_HEADER_BYTES + self._header_bytes + lengths.astype(np.int64) + 7) & ~7
+        largest = int(sizes.max())
+        self._check_fits(largest)
+        with self._write_lock:
+            self._check_writable()
+            done = 0
+            payload_start = 0
+            while done < count:
+                segment = self._segment_with_room(int(sizes[done]))
+                ends = np.cumsum(sizes[done:])
+                take = int(np.searchsorted(ends, segment.free_bytes, side="right"))
+                chunk_bytes = int(ends[take - 1])
+                chunk_lengths = lengths[done : done + take]
+                payload_end = payload_start + int(chunk_lengths.sum(dtype=np.uint64))
+                self._append_chunk(
+                    segment,
+                    memoryview(joined)[payload_start:payload_end],
+                    chunk_lengths,
+                    header_table[done * self._header_bytes : (done + take) * self._header_bytes],
+                    chunk_bytes,
+                )
+                done += take
+                payload_start = payload_end
+            last = self._last_index
+        self._commit.nudge()
+        return last
+
+    def _append_chunk(
+        self,
+        segment: Segment,
+        payloads: memoryview,
+        lengths: npt.NDArray[np.uint32],
+        headers: npt.NDArray[np.uint8],
+        chunk_bytes: int,
+    ) -> None:
+        take = len(lengths)
+        start = segment.count
+        segment.reserve(take)
+        scratch = self._scratch_of(chunk_bytes)
+        offset = segment.end_offset
+        kernels.encode_batch(
+            scratch,
+            0,
+            payloads,
+            lengths,
+            headers,
+            self._header_bytes,
+            self._last_index + 1,
+            self._meta.epoch,
+            self._commit.durable_index,
+            offset,
+            segment.offsets[start : start + take],
+        )
+        self._write(segment, memoryview(scratch)[:chunk_bytes])
+        segment.lengths[start : start + take] = lengths
+        if self._header_bytes:
+            h = self._header_bytes
+            segment.headers[start * h : (start + take) * h] = headers
+        segment.count = start + take
+        segment.end_offset = offset + chunk_bytes
+        self._last_index += take
+
+    def _write(self, segment: Segment, frames: memoryview) -> None:
+        """pwrite frames at the segment's end; any failure fails the store stop.
+
+        A failed or partial write may leave bytes in the page cache that a later,
+        shorter write would not cover, so nothing more may be written this session.
+        """
+        if segment.write_fd is None:
+            raise StorageIOError(0, "segment is not writable", segment.path)
+        try:
+            self._io.write_all(segment.write_fd, frames, segment.end_offset, segment.path)
+        except StorageIOError as exc:
+            self._commit.fail(exc)
+            self._commit.check_failed()
+
+    def _segment_with_room(self, frame_size: int) -> Segment:
+        """The active segment, rolled over to a new one if ``frame_size`` won't fit."""
+        self._check_fits(frame_size)
+        if not self._epoch_bumped:
+            self._bump_epoch()
+        if self._segments and not self._segments[-1].sealed:
+            active = self._segments[-1]
+            if active.free_bytes >= frame_size:
+                return active
+            self._seal(active)
+        return self._new_segment(self._last_index + 1)
+
+    def _check_fits(self, frame_size: int) -> None:
+        room = self._segment_bytes - SEGMENT_HEADER_BYTES
+        if frame_size > room:
+            raise RecordTooLargeError(
+                f"a record of {frame_size} frame bytes does not fit in a segment "
+                f"({room} bytes of room); open with a larger segment_bytes"
+            )
+
+    def _seal(self, segment: Segment) -> None:
+        segment.sealed = True
+        self._sealed_unsynced.append(segment)
+
+    def _new_segment(self, first_index: int) -> Segment:
+        header = SegmentHeader(
+            self._header_bytes, first_index, self._segment_bytes, self._meta.store_id
+        ).encode()
+        fd, _ = self._spare.take(first_index, header)
+        segment = Segment(self._io, self.path, first_index, self._header_bytes,
+                          self._segment_bytes)
+        segment.write_fd = fd
+        self._segments.append(segment)
+        self._firsts.append(first_index)
+        self._dir_dirty = True
+        self._spare.start()
+        return segment
+
+    def _activate(self, segment: Segment) -> None:
+        """Reopen the last segment for writing after recovery."""
+        segment.write_fd = self._io.open(segment.path, os.O_RDWR)
+        segment.sealed = False
+        self._spare.start()
+
+    def _bump_epoch(self) -> None:
+        """Start a new write generation: bytes past ``last_index`` are dead for good."""
+        self._write_meta(
+            self._meta.with_changes(epoch=self._meta.epoch + 1, epoch_cut=self._last_index)
+        )
+        self._epoch_bumped = True
+
+    def _write_meta(self, meta: Meta) -> None:
+        self._io.replace_file(self.path, META_NAME, meta.encode())
+        self._meta = meta
+
+    def set_user_meta(self, user: dict[str, Any]) -> None:
+        """Replace the user metadata in ``aof.meta`` durably."""
+        with self._write_lock:
+            self._check_writable()
+            self._write_meta(self._meta.with_changes(user=dict(user)))
+
+    # -- durability ----------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Block until every record appended so far is durable; return durable_index."""
+        self._check_open()
+        return self._commit.sync(self._last_index)
+
+    def on_durable(self, callback: DurableCallback) -> None:
+        """Call ``callback(durable_index)`` whenever it advances, or ``callback(error)``.
+
+        Callbacks run on the flushing thread; they must be quick and must not call
+        back into :meth:`sync` or the truncation methods.
+        """
+        self._check_open()
+        self._commit.add_callback(callback)
+
+    def _flush_io(self) -> int:
+        """The group commit's I/O: runs with the flush mutex held."""
+        with self._write_lock:
+            target = self._last_index
+            sealed = self._sealed_unsynced
+            self._sealed_unsynced = []
+            active = self._segments[-1] if self._segments else None
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            active_fd = active.write_fd if active is not None else None
+        try:
+            for segment in sealed:
+                if segment.write_fd is not None:
+                    self._io.fdatasync(segment.write_fd, segment.path)
+            if active is not None and active_fd is not None and active not in sealed:
+                self._io.fdatasync(active_fd, active.path)
+            if dir_dirty:
+                self._io.fsync_dir(self.path)
+        except StorageIOError:
+            with self._write_lock:
+                self._sealed_unsynced = sealed + self._sealed_unsynced
+            raise
+        for segment in sealed:
+            self._write_sidecar(segment)
+            with self._write_lock:
+                if segment.write_fd is not None:
+                    fd, segment.write_fd = segment.write_fd, None
+                    self._io.close(fd, segment.path)
+                segment.trim()
+        return target
+
+    def _write_sidecar(self, segment: Segment) -> None:
+        data = encode_sidecar(
+            self._header_bytes, segment.first_index, self._meta.store_id, segment.index_arrays()
+        )
+        directory, name = os.path.split(segment.sidecar_path)
+        self._io.replace_file(directory, name, data)
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(self, index: int) -> memoryview:
+        """The payload of record ``index``, zero-copy from the segment's mapping.
+
+        The view stays valid until the record is truncated away or the Aof is closed;
+        after that its content is unspecified (reading it never crashes). Copy it with
+        ``bytes(view)`` to keep it longer.
+        """
+        segment, position = self._locate(index)
+        offset = int(segment.offsets[position])
+        length = int(segment.lengths[position])
+        view = segment.view()
+        if self._verify_reads:
+            status = kernels.verify_frame(view, offset, self._header_bytes, index, length)
+            if status:
+                kernels.raise_for_frame_status(status, segment.path, offset, index)
+        start = offset + FRAME_HEADER_BYTES + self._header_bytes
+        return view[start : start + length]
+
+    def header(self, index: int) -> Any:
+        """The header of record ``index`` as a structured numpy scalar."""
+        dtype = self._require_dtype()
+        segment, position = self._locate(index)
+        h = self._header_bytes
+        return segment.headers[position * h : (position + 1) * h].view(dtype)[0].copy()
+
+    def read_range(self, start: int, end: int) -> list[memoryview]:
+        """Payloads of records ``[start, end)`` (see :meth:`read` for view lifetime)."""
+        out: list[memoryview] = []
+        h = self._header_bytes
+        for segment, lo, hi in self._spans(start, end):
+            view = segment.view()
+            offsets = segment.offsets[lo:hi]
+            lengths = segment.lengths[lo:hi]
+            if self._verify_reads:
+                bad, status = kernels.verify_frames(
+                    view, offsets, lengths, h, segment.first_index + lo
+                )
+                if bad >= 0:
+                    kernels.raise_for_frame_status(
+                        status, segment.path, int(offsets[bad]), segment.first_index + lo + bad
+                    )
+            skip = FRAME_HEADER_BYTES + h
+            out.extend(
+                view[o + skip : o + skip + n]
+                for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)
+            )
+        return out
+
+    def headers(self, start: int, end: int) -> npt.NDArray[Any]:
+        """Headers of records ``[start, end)`` as one structured array (a copy)."""
+        dtype = self._require_dtype()
+        h = self._header_bytes
+        parts = [segment.headers[lo * h : hi * h] for segment, lo, hi in self._spans(start, end)]
+        raw = np.concatenate(parts) if parts else np.empty(0, np.uint8)
+        return raw.view(dtype)
+
+    def payload_lengths(self, start: int, end: int) -> npt.NDArray[np.uint32]:
+        """Payload sizes of records ``[start, end)`` without touching payloads."""
+        parts = [segment.lengths[lo:hi] for segment, lo, hi in self._spans(start, end)]
+        return np.concatenate(parts) if parts else np.empty(0, np.uint32)
+
+    def _spans(self, start: int, end: int) -> list[tuple[Segment, int, int]]:
+        """(segment, first position, end position) covering ``[start, end)``."""
+        self._check_open()
+        start = _as_index(start)
+        end = _as_index(end)
+        if start > end:
+            raise InvalidArgumentError(f"range start {start} is after its end {end}")
+        if start < self._first_index or end > self._last_index + 1:
+            raise IndexOutOfRangeError(
+                f"range [{start}, {end}) is outside the retained records "
+                f"[{self._first_index}, {self._last_index + 1})"
+            )
+        spans: list[tuple[Segment, int, int]] = []
+        if start == end:
+            return spans
+        k = bisect.bisect_right(self._firsts, start) - 1
+        while start < end:
+            segment = self._segments[k]
+            hi = min(end, segment.last_index + 1)
+            spans.append((segment, start - segment.first_index, hi - segment.first_index))
+            start = hi
+            k += 1
+        return spans
+
+    def _locate(self, index: int) -> tuple[Segment, int]:
+        if self._closed:
+            raise ClosedError("Aof is closed")
+        index = _as_index(index)
+        if not self._first_index <= index <= self._last_index:
+            raise IndexOutOfRangeError(
+                f"record {index} is outside the retained records "
+                f"[{self._first_index}, {self._last_index}]"
+            )
+        segment = self._segments[-1]
+        if index < segment.first_index:
+            segment = self._segments[bisect.bisect_right(self._firsts, index) - 1]
+        return segment, index - segment.first_index
+
+    # -- truncation ----------------------------------------------------------------
+
+    def truncate_before(self, index: int) -> None:
+        """Drop records before ``index``; durable on return.
+
+        Whole segments below ``index`` are deleted; ``index`` past the last record
+        empties the Aof and the next append gets ``index``.
+        """
+        index = _as_index(index)
+        if index < 1:
+            raise IndexOutOfRangeError(f"record indices start at 1, not {index}")
+        with self._commit.flush_exclusive(), self._write_lock:
+            self._check_writable()
+            if index <= self._first_index:
+                return
+            self._commit.flush_locked()
+            self._write_meta(self._meta.with_changes(first_index=index))
+            self._first_index = index
+            keep = [s for s in self._segments if s.last_index >= index]
+            drop = self._segments[: len(self._segments) - len(keep)]
+            if index > self._last_index:
+                drop, keep = self._segments, []
+                self._last_index = index - 1
+                self._commit.raise_to(index - 1)
+            self._drop_segments(drop)
+            self._segments = keep
+            self._firsts = [s.first_index for s in keep]
+
+    def truncate_after(self, index: int) -> None:
+        """Drop records after ``index``; durable on return.
+
+        ``index`` may be ``first_index - 1`` to drop every record.
+        """
+        index = _as_index(index)
+        with self._commit.flush_exclusive(), self._write_lock:
+            self._check_writable()
+            if not self._first_index - 1 <= index <= self._last_index:
+                raise IndexOutOfRangeError(
+                    f"truncate_after({index}) outside [{self._first_index - 1}, "
+                    f"{self._last_index}]"
+                )
+            if index == self._last_index:
+                return
+            self._commit.flush_locked()
+            keep = [s for s in self._segments if s.first_index <= index]
+            drop = self._segments[len(keep) :]
+            for segment in keep[-1:]:
+                self._io.unlink(segment.sidecar_path)
+            self._drop_segments(drop)
+            self._segments = keep
+            self._firsts = [s.first_index for s in keep]
+            self._last_index = index
+            self._bump_epoch()  # commit point: records after index are dead
+            if keep:
+                tail = keep[-1]
+                tail.cut(index - tail.first_index + 1)
+                if tail.write_fd is None:
+                    tail.write_fd = self._io.open(tail.path, os.O_RDWR)
+                tail.sealed = False
+            self._commit.lower(index)
+
+    def _drop_segments(self, segments: list[Segment]) -> None:
+        if not segments:
+            return
+        for segment in segments:
+            self._remove_segment_files(segment)
+            if segment in self._sealed_unsynced:
+                self._sealed_unsynced.remove(segment)
+        self._io.fsync_dir(self.path)
+
+    def _remove_segment_files(self, segment: Segment) -> None:
+        segment.release()
+        self._io.unlink(segment.sidecar_path)
+        self._io.unlink(segment.path)
+
+    # -- checks --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"Aof {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._readonly:
+            raise InvalidArgumentError(f"Aof {self.path} was opened readonly")
+        self._commit.check_failed()
+
+    def _require_dtype(self) -> np.dtype[Any]:
+        self._check_open()
+        if self._meta.header_dtype is None:
+            raise InvalidArgumentError(f"Aof {self.path} has no header dtype")
+        return self._meta.header_dtype
+
+    def _header_raw(self, header: Any) -> bytes:
+        if header is None:
+            return self._header_zero
+        dtype = self._meta.header_dtype
+        if dtype is None:
+            raise InvalidArgumentError("this Aof has no header dtype; pass header=None")
+        if isinstance(header, (bytes, bytearray, memoryview)):
+            raw = bytes(header)
+            if len(raw) != dtype.itemsize:
+                raise InvalidArgumentError(
+                    f"header has {len(raw)} bytes; the header dtype needs {dtype.itemsize}"
+                )
+            return raw
+        try:
+            return np.array(header, dtype=dtype).tobytes()
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"header does not fit dtype {dtype}: {exc}") from None
+
+    def _header_table(self, headers: Any, count: int) -> npt.NDArray[np.uint8]:
+        h = self._header_bytes
+        if headers is None:
+            return np.zeros(count * h, np.uint8)
+        dtype = self._meta.header_dtype
+        if dtype is None:
+            raise InvalidArgumentError("this Aof has no header dtype; pass headers=None")
+        try:
+            table = np.ascontiguousarray(headers, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"headers do not fit dtype {dtype}: {exc}") from None
+        if table.shape != (count,):
+            raise InvalidArgumentError(
+                f"headers must have shape ({count},) to match the payloads, not {table.shape}"
+            )
+        return table.view(np.uint8).reshape(-1)
+
+    def _scratch_of(self, size: int) -> bytearray:
+        if len(self._scratch) < size:
+            self._scratch = bytearray(max(size, 2 * len(self._scratch)))
+        return self._scratch
+
+
+def _payload_view(payload: Payload) -> memoryview:
+    if isinstance(payload, str):
+        raise InvalidArgumentError("payload must be a bytes-like object, not str")
+    try:
+        view = memoryview(payload)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"payload must be a bytes-like object, not {type(payload).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise InvalidArgumentError("payload must be a contiguous buffer")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _as_index(value: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgumentError("a record index must be an integer, not a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"a record index must be an integer, not {type(value).__name__}"
+        ) from None
+
+
+def _check_dtype(header_dtype: npt.DTypeLike | None) -> np.dtype[Any] | None:
+    if header_dtype is None:
+        return None
+    try:
+        dtype = np.dtype(header_dtype)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"header_dtype is not a numpy dtype: {exc}") from None
+    if dtype.hasobject:
+        raise InvalidArgumentError("header_dtype may not contain Python objects")
+    if dtype.itemsize == 0:
+        return None
+    return dtype
+
+
+def _check_segment_bytes(segment_bytes: int) -> None:
+    if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int):
+        raise InvalidArgumentError("segment_bytes must be an integer")
+    if not SEGMENT_BYTES_MIN <= segment_bytes <= SEGMENT_BYTES_MAX:
+        raise InvalidArgumentError(
+            f"segment_bytes must be in [{SEGMENT_BYTES_MIN}, {SEGMENT_BYTES_MAX}], "
+            f"not {segment_bytes}"
+        )
+
+
+__all__ = ["SEGMENT_BYTES_DEFAULT", "Aof"]

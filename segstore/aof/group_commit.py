@@ -1,0 +1,146 @@
+"""Group commit: many writers' requests for durability share one fdatasync.
+
+Whoever asks for durability first becomes the flusher and syncs everything written so
+far; everyone who asked meanwhile finds their records covered when the flush ends. An
+optional background thread plays the same role for writers that never wait
+(``autosync``). A failed flush fails the store stop: the durable index never advances
+past a failed fdatasync and every later request raises.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from segstore.errors import FailedStateError, StorageIOError
+
+DurableCallback = Callable[[int | BaseException], None]
+
+
+class GroupCommit:
+    """Serialises flushes and publishes the durable index.
+
+    ``flush`` does the I/O for everything written before it was called and returns the
+    index that is now durable; it raises :class:`StorageIOError` on failure.
+    """
+
+    def __init__(self, flush: Callable[[], int], durable_index: int) -> None:
+        self._flush = flush
+        self._flush_mutex = threading.Lock()
+        self._state = threading.Condition()
+        self._durable_index = durable_index
+        self._failure: StorageIOError | None = None
+        self._callbacks: list[DurableCallback] = []
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def durable_index(self) -> int:
+        """Highest index covered by a completed flush."""
+        return self._durable_index
+
+    @property
+    def failure(self) -> StorageIOError | None:
+        """The I/O error that failed the store, if any."""
+        return self._failure
+
+    def check_failed(self) -> None:
+        """Raise :class:`FailedStateError` if a flush ever failed."""
+        if self._failure is not None:
+            raise FailedStateError(
+                self._failure.errno,
+                f"store failed stop after an I/O error ({self._failure}); reopen it to recover",
+                self._failure.filename,
+            ) from self._failure
+
+    def add_callback(self, callback: DurableCallback) -> None:
+        """Call ``callback`` with each new durable index, or with the failure.
+
+        Callbacks run on the flushing thread, in order, while no other flush can start:
+        keep them short and never call back into sync or truncation from them.
+        """
+        with self._state:
+            self._callbacks.append(callback)
+
+    def sync(self, target: int) -> int:
+        """Block until ``target`` is durable; return the durable index."""
+        while True:
+            self.check_failed()
+            if self._durable_index >= target:
+                return self._durable_index
+            with self._flush_mutex:
+                if self._durable_index >= target:
+                    continue
+                self.flush_locked()
+
+    def flush_exclusive(self) -> threading.Lock:
+        """The mutex a caller holds to flush and then change files with no flush running."""
+        return self._flush_mutex
+
+    def flush_locked(self) -> int:
+        """Flush now; the caller holds :meth:`flush_exclusive`."""
+        self.check_failed()
+        try:
+            durable = self._flush()
+        except StorageIOError as exc:
+            self.fail(exc)
+            self.check_failed()
+            raise  # unreachable: check_failed raised
+        if durable > self._durable_index:
+            self._durable_index = durable
+            self._notify(durable)
+        return self._durable_index
+
+    def fail(self, error: StorageIOError) -> None:
+        """Fail the store stop because a write (not a flush) failed."""
+        if self._failure is None:
+            self._failure = error
+            self._notify(error)
+
+    def raise_to(self, durable_index: int) -> None:
+        """Raise the durable index when the log restarts past it (holds the mutex)."""
+        if durable_index > self._durable_index:
+            self._durable_index = durable_index
+
+    def lower(self, durable_index: int) -> None:
+        """Set a lower durable index after records were truncated (holds the mutex)."""
+        self._durable_index = min(self._durable_index, durable_index)
+
+    def _notify(self, event: int | BaseException) -> None:
+        with self._state:
+            callbacks = list(self._callbacks)
+            self._state.notify_all()
+        for callback in callbacks:
+            callback(event)
+
+    # -- background flushing -------------------------------------------------------
+
+    def start_background(self, written_index: Callable[[], int]) -> None:
+        """Flush in a background thread whenever :meth:`nudge` says there is work."""
+
+        def run() -> None:
+            while True:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                if self._stopping:
+                    return
+                try:
+                    self.sync(written_index())
+                except FailedStateError:
+                    return  # callbacks already saw the failure
+
+        self._thread = threading.Thread(target=run, name="segstore-flusher", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Tell the background flusher that records were written."""
+        self._wakeup.set()
+
+    def stop_background(self) -> None:
+        """Stop the background thread (after its current flush)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,137 @@
+"""One segment file: its descriptor, its read-only mapping and its in-memory index.
+
+The index costs 8 bytes per record (u32 frame offset, u32 payload length) plus the
+record header; record indices are implicit (``first_index + position``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+
+import numpy as np
+import numpy.typing as npt
+
+from segstore.aof.fileio import FileIO
+from segstore.aof.format import (
+    LENGTH_DTYPE,
+    OFFSET_DTYPE,
+    SEGMENT_HEADER_BYTES,
+    SegmentIndexArrays,
+    segment_name,
+    sidecar_name,
+)
+
+_INITIAL_SLOTS = 1024
+
+
+class Segment:
+    """A segment's file and index. The Aof serialises every mutation."""
+
+    def __init__(
+        self,
+        io: FileIO,
+        directory: str,
+        first_index: int,
+        header_bytes: int,
+        capacity_bytes: int,
+    ) -> None:
+        self.io = io
+        self.first_index = first_index
+        self.header_bytes = header_bytes
+        self.capacity_bytes = capacity_bytes
+        self.path = os.path.join(directory, segment_name(first_index))
+        self.sidecar_path = os.path.join(directory, sidecar_name(first_index))
+        self.count = 0
+        self.end_offset = SEGMENT_HEADER_BYTES
+        self.offsets: npt.NDArray[np.uint32] = np.empty(_INITIAL_SLOTS, OFFSET_DTYPE)
+        self.lengths: npt.NDArray[np.uint32] = np.empty(_INITIAL_SLOTS, LENGTH_DTYPE)
+        self.headers: npt.NDArray[np.uint8] = np.empty(_INITIAL_SLOTS * header_bytes, np.uint8)
+        self.write_fd: int | None = None
+        self.sealed = False
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+
+    @property
+    def last_index(self) -> int:
+        """Index of the segment's last record (``first_index - 1`` when empty)."""
+        return self.first_index + self.count - 1
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes still free for frames."""
+        return self.capacity_bytes - self.end_offset
+
+    def view(self) -> memoryview:
+        """A read-only view of the whole file, mapped on first use."""
+        if self._view is None:
+            fd = self.io.open(self.path, os.O_RDONLY)
+            try:
+                self._map = self.io.map_readonly(fd, self.capacity_bytes, self.path)
+            finally:
+                self.io.close(fd, self.path)
+            self._view = memoryview(self._map)
+        return self._view
+
+    def load(self, arrays: SegmentIndexArrays) -> None:
+        """Adopt a complete index (from a sidecar or a scan)."""
+        self.offsets = arrays.offsets
+        self.lengths = arrays.lengths
+        self.headers = arrays.headers
+        self.count = len(arrays.offsets)
+        self.end_offset = arrays.end_offset
+
+    def index_arrays(self) -> SegmentIndexArrays:
+        """The index as exact-size arrays (what a sidecar stores)."""
+        return SegmentIndexArrays(
+            self.offsets[: self.count],
+            self.lengths[: self.count],
+            self.headers[: self.count * self.header_bytes],
+            self.end_offset,
+        )
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more records in the index arrays."""
+        needed = self.count + extra
+        if needed <= len(self.offsets) and self.offsets.flags.writeable:
+            return
+        slots = max(needed, 2 * len(self.offsets), _INITIAL_SLOTS)
+        offsets = np.empty(slots, OFFSET_DTYPE)
+        lengths = np.empty(slots, LENGTH_DTYPE)
+        headers = np.empty(slots * self.header_bytes, np.uint8)
+        offsets[: self.count] = self.offsets[: self.count]
+        lengths[: self.count] = self.lengths[: self.count]
+        used = self.count * self.header_bytes
+        headers[:used] = self.headers[:used]
+        self.offsets, self.lengths, self.headers = offsets, lengths, headers
+
+    def cut(self, count: int) -> None:
+        """Keep only the first ``count`` records; the write position moves back."""
+        if count < self.count:
+            self.end_offset = int(self.offsets[count])
+            self.count = count
+
+    def trim(self) -> None:
+        """Release spare index capacity (a sealed segment never grows again)."""
+        self.offsets = self.offsets[: self.count].copy()
+        self.lengths = self.lengths[: self.count].copy()
+        self.headers = self.headers[: self.count * self.header_bytes].copy()
+
+    def release(self) -> None:
+        """Close the descriptor and drop the mapping.
+
+        Views handed out by ``Aof.read`` keep the mapping alive until they are
+        released, so ``mmap.close`` may refuse; dropping our reference is enough then.
+        """
+        if self.write_fd is not None:
+            fd, self.write_fd = self.write_fd, None
+            self.io.close(fd, self.path)
+        if self._view is not None:
+            with contextlib.suppress(BufferError):
+                self._view.release()
+            self._view = None
+        if self._map is not None:
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None

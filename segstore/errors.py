@@ -1,0 +1,92 @@
+"""The one exception hierarchy of segstore.
+
+Every error segstore raises derives from :class:`SegstoreError` and, where one fits,
+from a builtin too (``ValueError`` for bad arguments, ``OSError`` for I/O), so callers
+can catch either.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import os
+
+
+class SegstoreError(Exception):
+    """Root of every error segstore raises."""
+
+
+class InvalidArgumentError(SegstoreError, ValueError):
+    """An argument has the wrong type or value; nothing was changed."""
+
+
+class RecordTooLargeError(InvalidArgumentError):
+    """A record does not fit in a segment (or exceeds the configured maximum)."""
+
+
+class IndexOutOfRangeError(InvalidArgumentError, IndexError):
+    """A record index lies outside the retained range."""
+
+
+class ClosedError(SegstoreError, ValueError):
+    """An operation on a store that was already closed."""
+
+
+class NotAStoreError(SegstoreError):
+    """A path is not a segstore directory (or not the kind of store expected)."""
+
+
+class FormatVersionError(SegstoreError):
+    """A file was written by a format version this build does not read."""
+
+
+class StoreLockedError(SegstoreError, OSError):
+    """The store is already open, in this process or another one."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            errno_codes.EWOULDBLOCK,
+            f"store is already open (lock held on {path}); close the other user first",
+            path,
+        )
+
+
+class CorruptionError(SegstoreError):
+    """Data that was durable does not check out: names the file, offset and expectation."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int, what: str) -> None:
+        self.path = os.fspath(path)
+        self.offset = offset
+        self.what = what
+        super().__init__(f"corruption in {self.path} at offset {offset}: {what}")
+
+
+class StorageIOError(SegstoreError, OSError):
+    """An I/O call failed; carries the errno and the file it concerned."""
+
+
+class FailedStateError(StorageIOError):
+    """The store failed stop after an I/O error; it accepts no more writes.
+
+    A failed fsync leaves the kernel's page cache state unknown (see PostgreSQL's
+    "fsyncgate"), so no retry can claim the data is safe: reopen the store to recover.
+    """
+
+
+class PartitionError(InvalidArgumentError):
+    """An entry's partition header is missing, foreign, or out of sequence."""
+
+
+__all__ = [
+    "ClosedError",
+    "CorruptionError",
+    "FailedStateError",
+    "FormatVersionError",
+    "IndexOutOfRangeError",
+    "InvalidArgumentError",
+    "NotAStoreError",
+    "PartitionError",
+    "RecordTooLargeError",
+    "SegstoreError",
+    "StorageIOError",
+    "StoreLockedError",
+]
