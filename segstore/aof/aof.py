@@ -12,7 +12,8 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,22 @@ from segstore.errors import (
 )
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
+VERIFY_CHUNK_RECORDS = 1 << 16
 Payload = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One segment as the tools show it."""
+
+    path: str
+    first_index: int
+    last_index: int
+    records: int
+    bytes_used: int
+    capacity_bytes: int
+    sealed: bool
+    has_sidecar: bool
 
 
 class Aof:
@@ -314,6 +330,55 @@ class Aof:
         """Paths of the segment files holding records, oldest first."""
         return [s.path for s in self._segments]
 
+    def segment_infos(self) -> list[SegmentInfo]:
+        """A summary of every segment holding records, oldest first."""
+        self._check_open()
+        return [
+            SegmentInfo(
+                path=s.path,
+                first_index=max(s.first_index, self._first_index),
+                last_index=s.last_index,
+                records=s.last_index - max(s.first_index, self._first_index) + 1,
+                bytes_used=s.end_offset,
+                capacity_bytes=s.capacity_bytes,
+                sealed=s.sealed,
+                has_sidecar=os.path.exists(s.sidecar_path),
+            )
+            for s in self._segments
+        ]
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> int:
+        """Check the CRC, index and length of every retained record; return the count.
+
+        Raises :class:`CorruptionError` naming the file and offset of the first bad
+        record. ``progress(n)`` is called after each chunk of ``n`` records.
+        """
+        checked = 0
+        for segment, lo, hi in self._spans(self._first_index, self._last_index + 1):
+            view = segment.view()
+            for start in range(lo, hi, VERIFY_CHUNK_RECORDS):
+                end = min(hi, start + VERIFY_CHUNK_RECORDS)
+                offsets = segment.offsets[start:end]
+                bad, status = kernels.verify_frames(
+                    view,
+                    offsets,
+                    segment.lengths[start:end],
+                    self._header_bytes,
+                    segment.first_index + start,
+                )
+                if bad >= 0:
+                    kernels.raise_for_frame_status(
+                        status,
+                        segment.path,
+                        int(offsets[bad]),
+                        segment.first_index + start + bad,
+                        segment=view,
+                    )
+                checked += end - start
+                if progress is not None:
+                    progress(end - start)
+        return checked
+
     # -- appending -----------------------------------------------------------------
 
     def append(self, payload: Payload, header: Any = None) -> int:
@@ -473,8 +538,7 @@ class Aof:
             self._header_bytes, first_index, self._segment_bytes, self._meta.store_id
         ).encode()
         fd, _ = self._spare.take(first_index, header)
-        segment = Segment(self._io, self.path, first_index, self._header_bytes,
-                          self._segment_bytes)
+        segment = Segment(self._io, self.path, first_index, self._header_bytes, self._segment_bytes)
         segment.write_fd = fd
         self._segments.append(segment)
         self._firsts.append(first_index)
@@ -697,8 +761,7 @@ class Aof:
             self._check_writable()
             if not self._first_index - 1 <= index <= self._last_index:
                 raise IndexOutOfRangeError(
-                    f"truncate_after({index}) outside [{self._first_index - 1}, "
-                    f"{self._last_index}]"
+                    f"truncate_after({index}) outside [{self._first_index - 1}, {self._last_index}]"
                 )
             if index == self._last_index:
                 return
@@ -842,4 +905,4 @@ def _check_segment_bytes(segment_bytes: int) -> None:
         )
 
 
-__all__ = ["SEGMENT_BYTES_DEFAULT", "Aof"]
+__all__ = ["SEGMENT_BYTES_DEFAULT", "Aof", "SegmentInfo"]

@@ -140,8 +140,9 @@ class FileIO:
         """Release the lock taken by :meth:`lock`."""
         self.close(fd, path)
 
-    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int,
-                  path: str) -> None:
+    def write_all(
+        self, fd: int, data: bytes | bytearray | memoryview, offset: int, path: str
+    ) -> None:
         """``pwrite`` until every byte is written (short writes are legal)."""
         view = memoryview(data)
         while view:

@@ -236,8 +236,13 @@ def encode_sidecar(
     """The bytes of an index sidecar (FORMAT.md section 5)."""
     count = len(arrays.offsets)
     head = _SIDECAR_HEADER.pack(
-        SIDECAR_MAGIC, FORMAT_VERSION, header_bytes, first_index, count,
-        arrays.end_offset, store_id,
+        SIDECAR_MAGIC,
+        FORMAT_VERSION,
+        header_bytes,
+        first_index,
+        count,
+        arrays.end_offset,
+        store_id,
     )
     head += _U32.pack(crc32c(head))
     body = (

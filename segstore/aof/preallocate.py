@@ -24,8 +24,9 @@ PREALLOCATE_MODES: tuple[PreallocateMode, ...] = ("zero", "sparse")
 class SpareSegment:
     """Keeps one spare segment file ready; hands it out renamed as a new segment."""
 
-    def __init__(self, io: FileIO, directory: str, capacity_bytes: int,
-                 mode: PreallocateMode) -> None:
+    def __init__(
+        self, io: FileIO, directory: str, capacity_bytes: int, mode: PreallocateMode
+    ) -> None:
         self._io = io
         self._directory = directory
         self._capacity_bytes = capacity_bytes
@@ -40,8 +41,9 @@ class SpareSegment:
         if self._ready or self._thread is not None:
             return
         self._error = None
-        self._thread = threading.Thread(target=self._prepare_guarded,
-                                        name="segstore-prealloc", daemon=True)
+        self._thread = threading.Thread(
+            target=self._prepare_guarded, name="segstore-prealloc", daemon=True
+        )
         self._thread.start()
 
     def take(self, first_index: int, header: bytes) -> tuple[int, str]:

@@ -215,4 +215,3 @@ def _raise_if_durable(segment: Segment, later: list[Segment], meta: Meta) -> Non
                 f"record {expected} is damaged but was durable: the frame at "
                 f"{candidate.path}:{found} was written after it had been synced",
             )
-
