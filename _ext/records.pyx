@@ -1,0 +1,564 @@
+# cython: language_level=3
+"""Record frame kernels: encode, scan, find durability evidence, verify (FORMAT.md 4).
+
+A frame (FORMAT.md section 4), all little-endian, starting at a multiple of 8 in its file::
+
+    0   u32  CRC32C of bytes [4, 24 + H + P)
+    4   u32  P = payload bytes
+    8   u64  record index
+    16  u32  epoch
+    20  u32  durable lag (index - durable index, 0xFFFFFFFF when unknown or too large)
+    24  H    record header
+    24+H P   payload
+         pad zero bytes up to frame_bytes(H, P) = (24 + H + P + 7) & ~7
+
+Kernels take buffers, ints and numpy arrays, never open files, release the GIL around
+their loops, and report data problems as counts and status codes. They raise only
+TypeError / ValueError for arguments they cannot use (OverflowError for an int beyond
+2**63). Python code reaches them through ``segstore.aof.kernels``.
+"""
+
+from cpython.buffer cimport (
+    PyBUF_SIMPLE,
+    PyBUF_WRITABLE,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+
+cdef extern from "crc32c_impl.h" nogil:
+    void segstore_crc32c_init()
+    uint32_t segstore_crc32c(uint32_t crc, const unsigned char* p, size_t n)
+
+
+cdef extern from *:
+    """
+    /* Little-endian field access that is correct on any host and alignment. */
+    static inline uint32_t segstore_load_u32(const unsigned char *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+               ((uint32_t)p[3] << 24);
+    }
+    static inline uint64_t segstore_load_u64(const unsigned char *p) {
+        return (uint64_t)segstore_load_u32(p) | ((uint64_t)segstore_load_u32(p + 4) << 32);
+    }
+    static inline void segstore_store_u32(unsigned char *p, uint32_t v) {
+        p[0] = (unsigned char)v;
+        p[1] = (unsigned char)(v >> 8);
+        p[2] = (unsigned char)(v >> 16);
+        p[3] = (unsigned char)(v >> 24);
+    }
+    static inline void segstore_store_u64(unsigned char *p, uint64_t v) {
+        segstore_store_u32(p, (uint32_t)v);
+        segstore_store_u32(p + 4, (uint32_t)(v >> 32));
+    }
+    /* True when the 24 frame-header bytes are all zero (never written). */
+    static inline int segstore_zero24(const unsigned char *p) {
+        uint64_t a, b, c;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        memcpy(&c, p + 16, 8);
+        return (a | b | c) == 0;
+    }
+    """
+    uint32_t load_u32 "segstore_load_u32"(const unsigned char* p) nogil
+    uint64_t load_u64 "segstore_load_u64"(const unsigned char* p) nogil
+    void store_u32 "segstore_store_u32"(unsigned char* p, uint32_t v) nogil
+    void store_u64 "segstore_store_u64"(unsigned char* p, uint64_t v) nogil
+    bint zero24 "segstore_zero24"(const unsigned char* p) nogil
+
+
+segstore_crc32c_init()
+
+# Frame layout (FORMAT.md 4).
+FRAME_HEADER_BYTES = 24
+FRAME_ALIGN_BYTES = 8
+DURABLE_LAG_UNKNOWN = 0xFFFFFFFF
+# Offsets and lengths are u32 in the index tables and sidecars (FORMAT.md 3, 5).
+SEGMENT_BYTES_MAX = 0xFFFFFFFF
+PAYLOAD_BYTES_MAX = 0xFFFFFFFF
+
+# How a scan ended (FORMAT.md 4.1); CAPACITY means "out arrays full, call again".
+END_CLEAN = 0
+END_STALE = 1
+END_TORN = 2
+END_FULL = 3
+END_CAPACITY = 4
+
+# verify_frame / verify_frames status codes.
+FRAME_OK = 0
+FRAME_BAD_CRC = 1
+FRAME_BAD_INDEX = 2
+FRAME_BAD_LENGTH = 3
+FRAME_OUT_OF_BOUNDS = 4
+
+# Single-frame kernels keep the GIL below this size: releasing it costs more than the work.
+GIL_RELEASE_BYTES = 16384
+
+cdef enum:
+    _HDR = 24
+    _LAG_UNKNOWN = 0xFFFFFFFF
+    _U32_MAX = 0xFFFFFFFF
+    _GIL_BYTES = 16384
+    _END_CLEAN = 0
+    _END_STALE = 1
+    _END_TORN = 2
+    _END_FULL = 3
+    _END_CAPACITY = 4
+    _OK = 0
+    _BAD_CRC = 1
+    _BAD_INDEX = 2
+    _BAD_LENGTH = 3
+    _OUT_OF_BOUNDS = 4
+
+
+# ---------------------------------------------------------------------------------------
+# Argument plumbing (the only place that raises)
+
+cdef int _acquire(object obj, Py_buffer* view, bint writable, str name) except -1:
+    cdef int flags = PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0)
+    try:
+        PyObject_GetBuffer(obj, view, flags)
+    except BufferError as exc:
+        # BufferError is neither TypeError nor ValueError, which is what callers catch.
+        kind = "a writable C-contiguous buffer" if writable else "a C-contiguous buffer"
+        raise TypeError(f"{name} must be {kind}: {exc}") from None
+    return 0
+
+
+cdef inline int _check_nonneg(long long value, str name) except -1:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+    return 0
+
+
+cdef inline int _check_u32(long long value, str name) except -1:
+    if value < 0 or value > _U32_MAX:
+        raise ValueError(f"{name} must be a u32 in [0, 2**32), not {value}")
+    return 0
+
+
+cdef inline int _check_aligned(Py_ssize_t offset, Py_ssize_t length, str name) except -1:
+    if offset < 0 or offset > length:
+        raise ValueError(f"{name} {offset} lies outside the buffer of {length} bytes")
+    if offset & 7:
+        raise ValueError(f"{name} {offset} is not a multiple of 8 (FORMAT.md 4)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# nogil cores
+
+cdef inline uint64_t _frame_bytes(uint64_t header_bytes, uint64_t payload_bytes) nogil:
+    return (<uint64_t>_HDR + header_bytes + payload_bytes + 7) & ~(<uint64_t>7)
+
+
+cdef inline uint32_t _durable_lag(uint64_t index, uint64_t durable_index) nogil:
+    # The lag is evidence for FORMAT.md 4.3, so an unknowable one must say so, never wrap.
+    if durable_index <= index and index - durable_index < <uint64_t>_LAG_UNKNOWN:
+        return <uint32_t>(index - durable_index)
+    return <uint32_t>_LAG_UNKNOWN
+
+
+cdef inline uint32_t _frame_crc(const unsigned char* frame, uint64_t header_bytes,
+                                uint32_t payload_bytes) nogil:
+    return segstore_crc32c(0, frame + 4, <size_t>(_HDR - 4 + header_bytes + payload_bytes))
+
+
+cdef uint64_t _encode(unsigned char* out, const unsigned char* payload, uint32_t payload_bytes,
+                      const unsigned char* header, uint64_t header_bytes, uint64_t index,
+                      uint32_t epoch, uint32_t lag) noexcept nogil:
+    cdef uint64_t size = _frame_bytes(header_bytes, payload_bytes)
+    cdef uint64_t used = _HDR + header_bytes + payload_bytes
+    store_u32(out + 4, payload_bytes)
+    store_u64(out + 8, index)
+    store_u32(out + 16, epoch)
+    store_u32(out + 20, lag)
+    if header_bytes:
+        memcpy(out + _HDR, header, <size_t>header_bytes)
+    if payload_bytes:
+        memcpy(out + _HDR + header_bytes, payload, payload_bytes)
+    # Zero padding: the spec pins every byte, and stale bytes must not leak into files.
+    memset(out + used, 0, <size_t>(size - used))
+    store_u32(out, _frame_crc(out, header_bytes, payload_bytes))
+    return size
+
+
+cdef inline bint _live(uint32_t epoch, uint64_t index, uint32_t meta_epoch,
+                       uint64_t epoch_cut) noexcept nogil:
+    # FORMAT.md 4.2: frames of older epochs survive only up to the cut made at the bump.
+    return epoch == meta_epoch or (epoch < meta_epoch and index <= epoch_cut)
+
+
+cdef int _scan(const unsigned char* seg, uint64_t seg_len, uint64_t pos, uint64_t expected,
+               uint64_t header_bytes, uint32_t meta_epoch, uint64_t epoch_cut,
+               uint32_t* offsets_out, uint32_t* lengths_out, unsigned char* headers_out,
+               uint64_t capacity, uint64_t* count_out, uint64_t* end_out) noexcept nogil:
+    cdef uint64_t count = 0
+    cdef uint64_t size
+    cdef uint32_t payload_bytes
+    cdef const unsigned char* frame
+    cdef int kind
+    while True:
+        if seg_len - pos < _HDR:
+            kind = _END_FULL
+            break
+        frame = seg + pos
+        if zero24(frame):
+            kind = _END_CLEAN
+            break
+        payload_bytes = load_u32(frame + 4)
+        size = _frame_bytes(header_bytes, payload_bytes)
+        if size > seg_len - pos or load_u32(frame) != _frame_crc(frame, header_bytes,
+                                                                  payload_bytes):
+            kind = _END_TORN
+            break
+        if not _live(load_u32(frame + 16), load_u64(frame + 8), meta_epoch, epoch_cut):
+            kind = _END_STALE
+            break
+        if load_u64(frame + 8) != expected + count:
+            kind = _END_TORN
+            break
+        if count == capacity:
+            kind = _END_CAPACITY
+            break
+        offsets_out[count] = <uint32_t>pos
+        lengths_out[count] = payload_bytes
+        if header_bytes:
+            memcpy(headers_out + count * header_bytes, frame + _HDR, <size_t>header_bytes)
+        count += 1
+        pos += size
+    count_out[0] = count
+    end_out[0] = pos
+    return kind
+
+
+cdef long long _find_evidence(const unsigned char* seg, uint64_t seg_len, uint64_t pos,
+                              uint64_t expected, uint64_t header_bytes,
+                              uint32_t meta_epoch) noexcept nogil:
+    cdef const unsigned char* frame
+    cdef uint32_t lag, payload_bytes
+    cdef uint64_t index
+    # pos may start past the end (start_offset == len(segment)): compare without wrapping.
+    while pos + _HDR <= seg_len:
+        frame = seg + pos
+        # Cheap rejections first: this walks a mostly zero 64 MiB file at 8-byte steps.
+        if load_u32(frame + 16) != meta_epoch or zero24(frame):
+            pos += 8
+            continue
+        lag = load_u32(frame + 20)
+        index = load_u64(frame + 8)
+        payload_bytes = load_u32(frame + 4)
+        if (lag == _LAG_UNKNOWN or index < lag or index - lag < expected
+                or _frame_bytes(header_bytes, payload_bytes) > seg_len - pos):
+            pos += 8
+            continue
+        if load_u32(frame) == _frame_crc(frame, header_bytes, payload_bytes):
+            return <long long>pos
+        pos += 8
+    return -1
+
+
+cdef inline int _verify(const unsigned char* seg, uint64_t seg_len, uint64_t offset,
+                        uint64_t header_bytes, uint64_t expected_index,
+                        uint64_t payload_bytes) noexcept nogil:
+    if offset > seg_len or _frame_bytes(header_bytes, payload_bytes) > seg_len - offset:
+        return _OUT_OF_BOUNDS
+    cdef const unsigned char* frame = seg + offset
+    # Length before CRC: the CRC covers P bytes, so a wrong P would only show as a bad CRC.
+    if load_u32(frame + 4) != payload_bytes:
+        return _BAD_LENGTH
+    if load_u32(frame) != _frame_crc(frame, header_bytes, <uint32_t>payload_bytes):
+        return _BAD_CRC
+    if load_u64(frame + 8) != expected_index:
+        return _BAD_INDEX
+    return _OK
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points
+
+def frame_bytes(long long header_bytes, long long payload_bytes):
+    """Return the size of one frame: ``(24 + header_bytes + payload_bytes + 7) & ~7``."""
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_u32(payload_bytes, "payload_bytes")
+    return _frame_bytes(<uint64_t>header_bytes, <uint64_t>payload_bytes)
+
+
+def batch_bytes(long long header_bytes, const uint32_t[::1] payload_lengths):
+    """Return the total frame bytes of a batch with the given payload lengths."""
+    _check_nonneg(header_bytes, "header_bytes")
+    cdef uint64_t total = 0
+    cdef Py_ssize_t k
+    with nogil:
+        for k in range(payload_lengths.shape[0]):
+            total += _frame_bytes(<uint64_t>header_bytes, payload_lengths[k])
+    return total
+
+
+def encode_one(out, Py_ssize_t out_offset, payload, header, long long index, long long epoch,
+               long long durable_index):
+    """Write one frame at ``out[out_offset:]`` and return its size (:func:`frame_bytes`).
+
+    ``header`` holds exactly H bytes (``b""`` when H is 0); H is taken from its length.
+    The durable lag is ``index - durable_index`` when that is in ``[0, 0xFFFFFFFF)``, else
+    ``0xFFFFFFFF``. Padding is zeroed. ``out_offset`` need not be 8-aligned within ``out``
+    (a staging buffer); the caller places frames at 8-aligned file offsets. ValueError when
+    ``out`` is too small or a number is out of its field's range.
+    """
+    _check_nonneg(index, "index")
+    _check_u32(epoch, "epoch")
+    _check_nonneg(durable_index, "durable_index")
+    cdef Py_buffer out_view, payload_view, header_view
+    cdef uint64_t size, written
+    cdef uint32_t lag = _durable_lag(<uint64_t>index, <uint64_t>durable_index)
+    _acquire(payload, &payload_view, False, "payload")
+    try:
+        _acquire(header, &header_view, False, "header")
+        try:
+            _acquire(out, &out_view, True, "out")
+            try:
+                if payload_view.len > _U32_MAX:
+                    raise ValueError(f"payload of {payload_view.len} bytes exceeds the u32 "
+                                     "length field")
+                size = _frame_bytes(header_view.len, payload_view.len)
+                if out_offset < 0 or <uint64_t>out_offset + size > <uint64_t>out_view.len:
+                    raise ValueError(f"out has {out_view.len} bytes; a {size}-byte frame at "
+                                     f"offset {out_offset} does not fit")
+                if size >= _GIL_BYTES:
+                    with nogil:
+                        written = _encode(
+                            <unsigned char*>out_view.buf + out_offset,
+                            <const unsigned char*>payload_view.buf, <uint32_t>payload_view.len,
+                            <const unsigned char*>header_view.buf, header_view.len,
+                            <uint64_t>index, <uint32_t>epoch, lag)
+                else:
+                    written = _encode(
+                        <unsigned char*>out_view.buf + out_offset,
+                        <const unsigned char*>payload_view.buf, <uint32_t>payload_view.len,
+                        <const unsigned char*>header_view.buf, header_view.len,
+                        <uint64_t>index, <uint32_t>epoch, lag)
+            finally:
+                PyBuffer_Release(&out_view)
+        finally:
+            PyBuffer_Release(&header_view)
+    finally:
+        PyBuffer_Release(&payload_view)
+    return written
+
+
+def encode_batch(out, Py_ssize_t out_offset, payloads, const uint32_t[::1] payload_lengths,
+                 headers, long long header_bytes, long long first_index, long long epoch,
+                 long long durable_index, long long base_offset,
+                 uint32_t[::1] frame_offsets_out):
+    """Write n frames back to back at ``out[out_offset:]``; return the bytes written.
+
+    ``payloads`` holds all n payloads back to back (``sum(payload_lengths)`` bytes);
+    ``headers`` holds n * ``header_bytes`` bytes. Frame k gets index ``first_index + k``
+    and ``frame_offsets_out[k] = base_offset + `` its offset relative to ``out_offset``
+    (so ``base_offset`` is the file offset ``out[out_offset]`` will be written at).
+    """
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_nonneg(first_index, "first_index")
+    _check_u32(epoch, "epoch")
+    _check_nonneg(durable_index, "durable_index")
+    _check_nonneg(base_offset, "base_offset")
+    cdef Py_ssize_t n = payload_lengths.shape[0]
+    cdef Py_ssize_t k
+    cdef uint64_t total = 0, payload_total = 0, pos = 0, payload_pos = 0, index
+    cdef uint64_t h = <uint64_t>header_bytes
+    if frame_offsets_out.shape[0] < n:
+        raise ValueError(f"frame_offsets_out holds {frame_offsets_out.shape[0]} entries, "
+                         f"the batch has {n} records")
+    for k in range(n):
+        total += _frame_bytes(h, payload_lengths[k])
+        payload_total += payload_lengths[k]
+    if <uint64_t>base_offset + total > _U32_MAX:
+        raise ValueError(f"batch of {total} bytes at file offset {base_offset} would pass "
+                         "the u32 offset range")
+    cdef Py_buffer out_view, payloads_view, headers_view
+    _acquire(payloads, &payloads_view, False, "payloads")
+    try:
+        _acquire(headers, &headers_view, False, "headers")
+        try:
+            _acquire(out, &out_view, True, "out")
+            try:
+                if <uint64_t>payloads_view.len != payload_total:
+                    raise ValueError(f"payloads has {payloads_view.len} bytes, "
+                                     f"payload_lengths sum to {payload_total}")
+                if <uint64_t>headers_view.len != h * <uint64_t>n:
+                    raise ValueError(f"headers has {headers_view.len} bytes, expected "
+                                     f"{n} records x {h} bytes")
+                if out_offset < 0 or <uint64_t>out_offset + total > <uint64_t>out_view.len:
+                    raise ValueError(f"out has {out_view.len} bytes; a {total}-byte batch at "
+                                     f"offset {out_offset} does not fit")
+                with nogil:
+                    for k in range(n):
+                        index = <uint64_t>first_index + <uint64_t>k
+                        frame_offsets_out[k] = <uint32_t>(<uint64_t>base_offset + pos)
+                        pos += _encode(
+                            <unsigned char*>out_view.buf + out_offset + pos,
+                            <const unsigned char*>payloads_view.buf + payload_pos,
+                            payload_lengths[k],
+                            <const unsigned char*>headers_view.buf + h * <uint64_t>k, h,
+                            index, <uint32_t>epoch,
+                            _durable_lag(index, <uint64_t>durable_index))
+                        payload_pos += payload_lengths[k]
+            finally:
+                PyBuffer_Release(&out_view)
+        finally:
+            PyBuffer_Release(&headers_view)
+    finally:
+        PyBuffer_Release(&payloads_view)
+    return pos
+
+
+def scan_segment(segment, Py_ssize_t start_offset, long long expected_index,
+                 long long header_bytes, long long meta_epoch, long long epoch_cut,
+                 uint32_t[::1] offsets_out, uint32_t[::1] lengths_out, headers_out):
+    """Read valid frames from ``start_offset``; return ``(count, end_offset, end_kind)``.
+
+    A frame is taken while it fits in the buffer, its CRC matches, its index is
+    ``expected_index + count`` and it is live (FORMAT.md 4.1, 4.2); its offset, payload
+    length and header go to ``offsets_out``, ``lengths_out`` and ``headers_out`` (any
+    writable C-contiguous buffer of at least ``len(offsets_out) * header_bytes`` bytes).
+    ``end_offset`` is where the frame that ended the scan starts; ``end_kind`` is one of
+    ``END_CLEAN, END_STALE, END_TORN, END_FULL`` or ``END_CAPACITY`` (the out arrays are
+    full and the next frame is valid: grow them and call again from ``end_offset`` with
+    ``expected_index + count``).
+    """
+    _check_nonneg(expected_index, "expected_index")
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_u32(meta_epoch, "meta_epoch")
+    _check_nonneg(epoch_cut, "epoch_cut")
+    cdef Py_ssize_t capacity = offsets_out.shape[0]
+    if lengths_out.shape[0] < capacity:
+        raise ValueError(f"lengths_out holds {lengths_out.shape[0]} entries, offsets_out "
+                         f"{capacity}")
+    cdef uint64_t count = 0, end_offset = 0
+    cdef int kind
+    cdef Py_buffer seg_view, headers_view
+    _acquire(segment, &seg_view, False, "segment")
+    try:
+        _acquire(headers_out, &headers_view, True, "headers_out")
+        try:
+            if seg_view.len > _U32_MAX:
+                raise ValueError(f"segment of {seg_view.len} bytes exceeds the u32 offset "
+                                 "range")
+            _check_aligned(start_offset, seg_view.len, "start_offset")
+            if <uint64_t>headers_view.len < <uint64_t>capacity * <uint64_t>header_bytes:
+                raise ValueError(f"headers_out has {headers_view.len} bytes, needs {capacity}"
+                                 f" x {header_bytes}")
+            with nogil:
+                kind = _scan(<const unsigned char*>seg_view.buf, seg_view.len, start_offset,
+                             <uint64_t>expected_index, <uint64_t>header_bytes,
+                             <uint32_t>meta_epoch, <uint64_t>epoch_cut,
+                             &offsets_out[0] if capacity else NULL,
+                             &lengths_out[0] if capacity else NULL,
+                             <unsigned char*>headers_view.buf, capacity, &count, &end_offset)
+        finally:
+            PyBuffer_Release(&headers_view)
+    finally:
+        PyBuffer_Release(&seg_view)
+    return count, end_offset, kind
+
+
+def find_durable_evidence(segment, Py_ssize_t start_offset, long long expected_index,
+                          long long header_bytes, long long meta_epoch):
+    """Return the offset of a frame proving record ``expected_index`` durable, else -1.
+
+    FORMAT.md 4.3: search from ``start_offset + 8`` at 8-byte steps to the end of the
+    buffer for a frame whose CRC matches, whose epoch is ``meta_epoch`` and whose
+    ``index - durable_lag >= expected_index`` (an unknown lag proves nothing).
+    """
+    _check_nonneg(expected_index, "expected_index")
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_u32(meta_epoch, "meta_epoch")
+    cdef long long found
+    cdef Py_buffer seg_view
+    _acquire(segment, &seg_view, False, "segment")
+    try:
+        _check_aligned(start_offset, seg_view.len, "start_offset")
+        with nogil:
+            found = _find_evidence(<const unsigned char*>seg_view.buf, seg_view.len,
+                                   <uint64_t>start_offset + 8, <uint64_t>expected_index,
+                                   <uint64_t>header_bytes, <uint32_t>meta_epoch)
+    finally:
+        PyBuffer_Release(&seg_view)
+    return found
+
+
+def verify_frame(segment, Py_ssize_t offset, Py_ssize_t header_bytes,
+                 long long expected_index, Py_ssize_t payload_bytes):
+    """Check the frame at ``offset``; return ``FRAME_OK`` (0) or a ``FRAME_*`` status.
+
+    OK means its CRC matches, its index is ``expected_index`` and its payload length is
+    ``payload_bytes``. Runs on every read, so it checks arguments only as far as memory
+    safety needs (negative sizes or offsets are ``FRAME_OUT_OF_BOUNDS``).
+    """
+    cdef Py_buffer seg_view
+    cdef int status
+    if offset < 0 or header_bytes < 0 or payload_bytes < 0 or payload_bytes > _U32_MAX:
+        return _OUT_OF_BOUNDS
+    if expected_index < 0:
+        raise ValueError(f"expected_index must be >= 0, not {expected_index}")
+    _acquire(segment, &seg_view, False, "segment")
+    if payload_bytes + header_bytes >= _GIL_BYTES:
+        with nogil:
+            status = _verify(<const unsigned char*>seg_view.buf, seg_view.len, offset,
+                             header_bytes, expected_index, payload_bytes)
+    else:
+        status = _verify(<const unsigned char*>seg_view.buf, seg_view.len, offset,
+                         header_bytes, expected_index, payload_bytes)
+    PyBuffer_Release(&seg_view)
+    return status
+
+
+def verify_frames(segment, const uint32_t[::1] offsets, const uint32_t[::1] lengths,
+                  long long header_bytes, long long first_index):
+    """Verify n frames (record k has index ``first_index + k``); GIL released.
+
+    Return ``(-1, FRAME_OK)`` when all are good, else ``(k, status)`` for the first bad one.
+    """
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_nonneg(first_index, "first_index")
+    cdef Py_ssize_t n = offsets.shape[0]
+    if lengths.shape[0] != n:
+        raise ValueError(f"offsets has {n} entries, lengths {lengths.shape[0]}")
+    cdef Py_ssize_t k, bad = -1
+    cdef int status = _OK
+    cdef Py_buffer seg_view
+    _acquire(segment, &seg_view, False, "segment")
+    try:
+        with nogil:
+            for k in range(n):
+                status = _verify(<const unsigned char*>seg_view.buf, seg_view.len, offsets[k],
+                                 <uint64_t>header_bytes, <uint64_t>first_index + <uint64_t>k,
+                                 lengths[k])
+                if status != _OK:
+                    bad = k
+                    break
+    finally:
+        PyBuffer_Release(&seg_view)
+    return bad, status
+
+
+def read_frame_fields(segment, Py_ssize_t offset):
+    """Return the raw fields ``(crc, payload_bytes, index, epoch, durable_lag)`` at ``offset``.
+
+    No checks beyond bounds: for error messages and the dump tool. ValueError when fewer
+    than 24 bytes remain at ``offset``.
+    """
+    cdef Py_buffer seg_view
+    cdef const unsigned char* frame
+    _acquire(segment, &seg_view, False, "segment")
+    try:
+        if offset < 0 or offset > seg_view.len - _HDR:
+            raise ValueError(f"no 24-byte frame header at offset {offset} in a buffer of "
+                             f"{seg_view.len} bytes")
+        frame = <const unsigned char*>seg_view.buf + offset
+        return (load_u32(frame), load_u32(frame + 4), load_u64(frame + 8),
+                load_u32(frame + 16), load_u32(frame + 20))
+    finally:
+        PyBuffer_Release(&seg_view)

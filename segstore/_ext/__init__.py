@@ -1,0 +1,1 @@
+"""Compiled kernels (built from ``_ext/*.pyx``); use them via ``segstore.aof.kernels``."""

@@ -1,0 +1,109 @@
+"""Type stubs for the compiled ``segstore._ext.records`` (source: ``_ext/records.pyx``).
+
+Hand-written, as asyncpg does, so ``mypy --strict`` checks the Python layer against the
+compiled one. Keep in step with the ``def`` signatures in ``_ext/records.pyx``.
+"""
+
+from typing import Any, Final, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+# Any C-contiguous buffer. numpy arrays are named too: their stubs declare __buffer__
+# only for Python >= 3.12, and mypy checks this project as 3.11.
+BufferLike: TypeAlias = Buffer | npt.NDArray[Any]
+
+FRAME_HEADER_BYTES: Final[int]
+FRAME_ALIGN_BYTES: Final[int]
+DURABLE_LAG_UNKNOWN: Final[int]
+SEGMENT_BYTES_MAX: Final[int]
+PAYLOAD_BYTES_MAX: Final[int]
+GIL_RELEASE_BYTES: Final[int]
+
+END_CLEAN: Final[int]
+END_STALE: Final[int]
+END_TORN: Final[int]
+END_FULL: Final[int]
+END_CAPACITY: Final[int]
+
+FRAME_OK: Final[int]
+FRAME_BAD_CRC: Final[int]
+FRAME_BAD_INDEX: Final[int]
+FRAME_BAD_LENGTH: Final[int]
+FRAME_OUT_OF_BOUNDS: Final[int]
+
+def frame_bytes(header_bytes: int, payload_bytes: int) -> int:
+    """Return the size of one frame: ``(24 + header_bytes + payload_bytes + 7) & ~7``."""
+
+def batch_bytes(header_bytes: int, payload_lengths: npt.NDArray[np.uint32]) -> int:
+    """Return the total frame bytes of a batch with the given payload lengths."""
+
+def encode_one(
+    out: BufferLike,
+    out_offset: int,
+    payload: BufferLike,
+    header: BufferLike,
+    index: int,
+    epoch: int,
+    durable_index: int,
+) -> int:
+    """Write one frame at ``out[out_offset:]`` and return its size."""
+
+def encode_batch(
+    out: BufferLike,
+    out_offset: int,
+    payloads: BufferLike,
+    payload_lengths: npt.NDArray[np.uint32],
+    headers: BufferLike,
+    header_bytes: int,
+    first_index: int,
+    epoch: int,
+    durable_index: int,
+    base_offset: int,
+    frame_offsets_out: npt.NDArray[np.uint32],
+) -> int:
+    """Write n frames back to back at ``out[out_offset:]``; return the bytes written."""
+
+def scan_segment(
+    segment: BufferLike,
+    start_offset: int,
+    expected_index: int,
+    header_bytes: int,
+    meta_epoch: int,
+    epoch_cut: int,
+    offsets_out: npt.NDArray[np.uint32],
+    lengths_out: npt.NDArray[np.uint32],
+    headers_out: BufferLike,
+) -> tuple[int, int, int]:
+    """Read valid frames from ``start_offset``; return ``(count, end_offset, end_kind)``."""
+
+def find_durable_evidence(
+    segment: BufferLike,
+    start_offset: int,
+    expected_index: int,
+    header_bytes: int,
+    meta_epoch: int,
+) -> int:
+    """Return the offset of a frame proving record ``expected_index`` durable, else -1."""
+
+def verify_frame(
+    segment: BufferLike,
+    offset: int,
+    header_bytes: int,
+    expected_index: int,
+    payload_bytes: int,
+) -> int:
+    """Check the frame at ``offset``; return ``FRAME_OK`` (0) or a ``FRAME_*`` status."""
+
+def verify_frames(
+    segment: BufferLike,
+    offsets: npt.NDArray[np.uint32],
+    lengths: npt.NDArray[np.uint32],
+    header_bytes: int,
+    first_index: int,
+) -> tuple[int, int]:
+    """Verify n frames; ``(-1, FRAME_OK)`` when all are good, else ``(k, status)``."""
+
+def read_frame_fields(segment: BufferLike, offset: int) -> tuple[int, int, int, int, int]:
+    """Return the raw fields ``(crc, payload_bytes, index, epoch, durable_lag)``."""
