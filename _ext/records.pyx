@@ -25,6 +25,7 @@ from cpython.buffer cimport (
     PyObject_GetBuffer,
 )
 from libc.stdint cimport uint32_t, uint64_t
+cimport numpy as cnp
 from libc.string cimport memcpy, memset
 
 
@@ -70,6 +71,7 @@ cdef extern from *:
 
 
 segstore_crc32c_init()
+cnp.import_array()
 
 # Frame layout (FORMAT.md 4).
 FRAME_HEADER_BYTES = 24
@@ -217,6 +219,11 @@ cdef int _scan(const unsigned char* seg, uint64_t seg_len, uint64_t pos, uint64_
         if not _live(load_u32(frame + 16), load_u64(frame + 8), meta_epoch, epoch_cut):
             kind = _END_STALE
             break
+        if load_u64(frame + 8) < expected + count:
+            # A whole, checked frame of an earlier record: left over in a recycled
+            # segment file, never written by this log at this position.
+            kind = _END_STALE
+            break
         if load_u64(frame + 8) != expected + count:
             kind = _END_TORN
             break
@@ -236,7 +243,7 @@ cdef int _scan(const unsigned char* seg, uint64_t seg_len, uint64_t pos, uint64_
 
 cdef long long _find_evidence(const unsigned char* seg, uint64_t seg_len, uint64_t pos,
                               uint64_t expected, uint64_t header_bytes,
-                              uint32_t meta_epoch) noexcept nogil:
+                              uint32_t meta_epoch, uint64_t epoch_cut) noexcept nogil:
     cdef const unsigned char* frame
     cdef uint32_t lag, payload_bytes
     cdef uint64_t index
@@ -244,13 +251,14 @@ cdef long long _find_evidence(const unsigned char* seg, uint64_t seg_len, uint64
     while pos + _HDR <= seg_len:
         frame = seg + pos
         # Cheap rejections first: this walks a mostly zero 64 MiB file at 8-byte steps.
-        if load_u32(frame + 16) != meta_epoch or zero24(frame):
+        if load_u32(frame + 16) > meta_epoch or zero24(frame):
             pos += 8
             continue
         lag = load_u32(frame + 20)
         index = load_u64(frame + 8)
         payload_bytes = load_u32(frame + 4)
-        if (lag == _LAG_UNKNOWN or index < lag or index - lag < expected
+        if (not _live(load_u32(frame + 16), index, meta_epoch, epoch_cut)
+                or lag == _LAG_UNKNOWN or index < lag or index - lag < expected
                 or _frame_bytes(header_bytes, payload_bytes) > seg_len - pos):
             pos += 8
             continue
@@ -465,13 +473,16 @@ def scan_segment(segment, Py_ssize_t start_offset, long long expected_index,
 
 
 def find_durable_evidence(segment, Py_ssize_t start_offset, long long expected_index,
-                          long long header_bytes, long long meta_epoch):
+                          long long header_bytes, long long meta_epoch,
+                          long long epoch_cut=0):
     """Return the offset of a frame proving record ``expected_index`` durable, else -1.
 
     FORMAT.md 4.3: search from ``start_offset + 8`` at 8-byte steps to the end of the
-    buffer for a frame whose CRC matches, whose epoch is ``meta_epoch`` and whose
+    buffer for a frame whose CRC matches, that is live (FORMAT.md 4.2: its epoch is
+    ``meta_epoch``, or older with its index at most ``epoch_cut``) and whose
     ``index - durable_lag >= expected_index`` (an unknown lag proves nothing).
     """
+    _check_nonneg(epoch_cut, "epoch_cut")
     _check_nonneg(expected_index, "expected_index")
     _check_nonneg(header_bytes, "header_bytes")
     _check_u32(meta_epoch, "meta_epoch")
@@ -483,7 +494,8 @@ def find_durable_evidence(segment, Py_ssize_t start_offset, long long expected_i
         with nogil:
             found = _find_evidence(<const unsigned char*>seg_view.buf, seg_view.len,
                                    <uint64_t>start_offset + 8, <uint64_t>expected_index,
-                                   <uint64_t>header_bytes, <uint32_t>meta_epoch)
+                                   <uint64_t>header_bytes, <uint32_t>meta_epoch,
+                                   <uint64_t>epoch_cut)
     finally:
         PyBuffer_Release(&seg_view)
     return found
@@ -562,3 +574,153 @@ def read_frame_fields(segment, Py_ssize_t offset):
                 load_u32(frame + 16), load_u32(frame + 20))
     finally:
         PyBuffer_Release(&seg_view)
+
+
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
+    object PyMemoryView_FromObject(object obj)
+    int PyBuffer_FillInfo(Py_buffer* view, object obj, void* buf, Py_ssize_t length,
+                          int readonly, int flags) except -1
+
+
+cdef inline const uint32_t* _u32_column(object column, Py_ssize_t position) except NULL:
+    # The read path's index columns: contiguous native uint32 numpy arrays. The numpy C
+    # API, not attribute lookups, keeps this check to a few nanoseconds.
+    if not cnp.PyArray_Check(column):
+        raise TypeError("index columns must be uint32 numpy arrays")
+    cdef cnp.ndarray array = <cnp.ndarray>column
+    if cnp.PyArray_TYPE(array) != cnp.NPY_UINT32 or not cnp.PyArray_ISCARRAY_RO(array):
+        raise TypeError("index columns must be contiguous native uint32 numpy arrays")
+    if position < 0 or position >= cnp.PyArray_SIZE(array):
+        raise ValueError(f"position {position} outside an index of "
+                         f"{cnp.PyArray_SIZE(array)} records")
+    return <const uint32_t*>cnp.PyArray_DATA(array)
+
+
+cdef class RecordReader:
+    """Zero-copy record payloads of one mapped segment: ``Aof.read``'s hot path.
+
+    Holds a buffer export of the mapping for its whole life, and every memoryview it
+    returns holds a reference to it, so the mapping cannot be closed (``mmap.close``
+    raises BufferError) while any view is alive: a stale view reads stale bytes, never
+    unmapped memory. Building each view here costs about half of slicing a memoryview.
+    """
+
+    cdef Py_buffer _source
+    cdef bint _has_source
+    cdef const unsigned char* _window
+    cdef Py_ssize_t _window_bytes
+
+    def __cinit__(self, mapping):
+        _acquire(mapping, &self._source, False, "mapping")
+        self._has_source = True
+
+    def __dealloc__(self):
+        if self._has_source:
+            PyBuffer_Release(&self._source)
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        # Exports the window set by read() just before (the GIL makes the pair atomic).
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("record views are read-only")
+        PyBuffer_FillInfo(buffer, self, <void*>self._window, self._window_bytes, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+    @property
+    def nbytes(self):
+        """Size of the mapped segment in bytes."""
+        return self._source.len
+
+    cpdef object read(self, object offsets, object lengths, Py_ssize_t position,
+                      Py_ssize_t header_bytes, long long index, bint verify):
+        """The payload of the record at ``position`` of the segment's index.
+
+        With ``verify`` the frame's CRC, index and length are checked first. Returns
+        None when the frame does not check out (call :func:`verify_frame` for why).
+        """
+        cdef const uint32_t* offset_column = _u32_column(offsets, position)
+        cdef const uint32_t* length_column = _u32_column(lengths, position)
+        cdef uint64_t offset = offset_column[position]
+        cdef uint64_t length = length_column[position]
+        cdef const unsigned char* base = <const unsigned char*>self._source.buf
+        if header_bytes < 0 or index < 0:
+            raise ValueError("header_bytes and index must be >= 0")
+        if verify:
+            if _verify(base, self._source.len, offset, header_bytes, index, length) != _OK:
+                return None
+        elif offset + _frame_bytes(header_bytes, length) > <uint64_t>self._source.len:
+            return None
+        self._window = base + offset + _HDR + header_bytes
+        self._window_bytes = <Py_ssize_t>length
+        return PyMemoryView_FromObject(self)
+
+
+cdef class SegmentIndexBase:
+    """The index fields of a segment, readable from C by :class:`ReadPath`.
+
+    ``segstore.aof.segment.Segment`` subclasses it; Python code owns every mutation.
+    """
+
+    cdef public long long first_index
+    cdef public long long count
+    cdef public object offsets
+    cdef public object lengths
+    cdef public object reader
+
+
+cdef class ReadPath:
+    """``Aof.read`` in one compiled call: locate the segment, verify, return the view.
+
+    Returns None for everything unusual (not an int, out of range, segment not mapped
+    yet, a frame that does not check out) so the caller's slow path can map, raise
+    the precise error, or both.
+    """
+
+    cdef list _segments
+    cdef public long long first_index
+    cdef public Py_ssize_t header_bytes
+    cdef public bint verify
+
+    def __cinit__(self):
+        self._segments = []
+        self.first_index = 1
+
+    def set_segments(self, list segments):
+        """Adopt the Aof's list of segments (SegmentIndexBase), oldest first."""
+        for segment in segments:
+            if not isinstance(segment, SegmentIndexBase):
+                raise TypeError("segments must derive from SegmentIndexBase")
+        self._segments = list(segments)
+
+    def read(self, index):
+        """The payload of record ``index``, or None to take the slow path."""
+        if type(index) is not int:
+            return None
+        cdef int overflow = 0
+        cdef long long wanted = PyLong_AsLongLongAndOverflow(index, &overflow)
+        if overflow:
+            return None
+        cdef Py_ssize_t n = len(self._segments)
+        if n == 0 or wanted < self.first_index:
+            return None
+        cdef SegmentIndexBase segment = <SegmentIndexBase>self._segments[n - 1]
+        cdef Py_ssize_t lo, hi, mid
+        if wanted < segment.first_index:
+            lo = 0
+            hi = n - 1
+            while lo < hi:  # last segment whose first index <= wanted
+                mid = (lo + hi + 1) >> 1
+                if (<SegmentIndexBase>self._segments[mid]).first_index <= wanted:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            segment = <SegmentIndexBase>self._segments[lo]
+        cdef long long position = wanted - segment.first_index
+        if position < 0 or position >= segment.count or segment.reader is None:
+            return None
+        return (<RecordReader>segment.reader).read(
+            segment.offsets, segment.lengths, position, self.header_bytes, wanted, self.verify
+        )

@@ -101,12 +101,18 @@ def scan(
 
 
 def find_durable_evidence(
-    buf: bytes, start_offset: int, expected_index: int, header_bytes: int, meta_epoch: int
+    buf: bytes,
+    start_offset: int,
+    expected_index: int,
+    header_bytes: int,
+    meta_epoch: int,
+    epoch_cut: int = 0,
 ) -> int:
-    """FORMAT.md 4.3: offset of a frame proving ``expected_index`` durable, else -1."""
+    """FORMAT.md 4.3: offset of a live frame proving ``expected_index`` durable, else -1."""
     for offset in range(start_offset + 8, len(buf) - 23, 8):
         _, _, index, epoch, lag = FRAME_HEADER.unpack_from(buf, offset)
-        if epoch != meta_epoch or lag == LAG_UNKNOWN or index - lag < expected_index:
+        live = epoch == meta_epoch or (epoch < meta_epoch and index <= epoch_cut)
+        if not live or lag == LAG_UNKNOWN or index - lag < expected_index:
             continue
         if buf[offset : offset + 24] != bytes(24) and frame_crc_ok(buf, offset, header_bytes):
             return offset

@@ -605,8 +605,16 @@ def test_find_durable_evidence_matches_model(
         if durable[k] >= expected and durable[k] <= 1 + k
     ]
     assert found == (proofs[0] if proofs else -1)
-    # A different epoch proves nothing.
+    # Frames of an older epoch are dead past the cut, so they prove nothing...
     assert find_durable_evidence(buf, start, expected, header_bytes, meta_epoch + 1) == -1
+    # ...but live below it (FORMAT.md 4.2), where they prove as much as current ones.
+    cut = len(payloads)
+    assert find_durable_evidence(buf, start, expected, header_bytes, meta_epoch + 1, cut) == (
+        model.find_durable_evidence(bytes(buf), start, expected, header_bytes, meta_epoch + 1, cut)
+    )
+    assert find_durable_evidence(buf, start, expected, header_bytes, meta_epoch + 1, cut) == (
+        proofs[0] if proofs else -1
+    )
 
 
 def test_find_durable_evidence_ignores_unknown_lag_and_the_frame_itself() -> None:

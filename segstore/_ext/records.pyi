@@ -84,6 +84,7 @@ def find_durable_evidence(
     expected_index: int,
     header_bytes: int,
     meta_epoch: int,
+    epoch_cut: int = 0,
 ) -> int:
     """Return the offset of a frame proving record ``expected_index`` durable, else -1."""
 
@@ -107,3 +108,39 @@ def verify_frames(
 
 def read_frame_fields(segment: BufferLike, offset: int) -> tuple[int, int, int, int, int]:
     """Return the raw fields ``(crc, payload_bytes, index, epoch, durable_lag)``."""
+
+class RecordReader:
+    """Zero-copy record payloads of one mapped segment."""
+
+    def __init__(self, mapping: BufferLike) -> None: ...
+    @property
+    def nbytes(self) -> int: ...
+    def read(
+        self,
+        offsets: npt.NDArray[np.uint32],
+        lengths: npt.NDArray[np.uint32],
+        position: int,
+        header_bytes: int,
+        index: int,
+        verify: bool,
+    ) -> memoryview | None:
+        """The payload at ``position``; None if the frame does not check out."""
+
+class SegmentIndexBase:
+    """The index fields of a segment, readable from C by ReadPath."""
+
+    first_index: int
+    count: int
+    offsets: npt.NDArray[np.uint32]
+    lengths: npt.NDArray[np.uint32]
+    reader: RecordReader | None
+
+class ReadPath:
+    """Aof.read in one compiled call; None means "take the slow path"."""
+
+    first_index: int
+    header_bytes: int
+    verify: bool
+
+    def set_segments(self, segments: list[SegmentIndexBase]) -> None: ...
+    def read(self, index: object) -> memoryview | None: ...

@@ -35,7 +35,12 @@ from segstore.aof.format import (
     encode_sidecar,
 )
 from segstore.aof.group_commit import DurableCallback, GroupCommit
-from segstore.aof.preallocate import PREALLOCATE_MODES, PreallocateMode, SpareSegment
+from segstore.aof.preallocate import (
+    PREALLOCATE_MODES,
+    TRASH_SUFFIX,
+    PreallocateMode,
+    SpareSegment,
+)
 from segstore.aof.recovery import RecoveryReport, recover
 from segstore.aof.segment import Segment
 from segstore.errors import (
@@ -164,22 +169,24 @@ class Aof:
             self._epoch_bumped = False
             self._dir_dirty = False
             self._scratch = bytearray(1 << 16)
-            self._sealed_unsynced: list[Segment] = []
+            self._sealed_without_sidecar: list[Segment] = []
             recovered = recover(io, path, meta)
             self.recovery: RecoveryReport = recovered.report
-            self._segments = recovered.segments
-            self._firsts = [s.first_index for s in self._segments]
-            self._first_index = meta.first_index
+            self._read_path = kernels.ReadPath()
+            self._read_path.header_bytes = self._header_bytes
+            self._read_path.verify = verify_reads
+            self._set_segments(recovered.segments)
+            self._set_first_index(meta.first_index)
             self._last_index = self._segments[-1].last_index if self._segments else 0
             if self._last_index < self._first_index - 1:
                 self._last_index = self._first_index - 1
-            self._commit = GroupCommit(self._flush_io, self._last_index)
+            self._commit = GroupCommit(self._flush_io, lambda: self._last_index, self._last_index)
             self._spare = SpareSegment(io, path, self._segment_bytes, preallocate)
             self._closed = False
             if not readonly:
                 self._finish_recovery(recovered.doomed)
                 if autosync:
-                    self._commit.start_background(lambda: self._last_index)
+                    self._commit.start_background()
             self.recovery_seconds = time.perf_counter() - started
         except BaseException:
             self._release_all()
@@ -193,7 +200,7 @@ class Aof:
             if not create:
                 raise NotAStoreError(f"{path} does not exist (open with create=True)")
             os.makedirs(path)
-        names = set(self._io.listdir(path))
+        names = {n for n in self._io.listdir(path) if not n.endswith(TEMP_SUFFIX)}
         if META_NAME not in names and names - {LOCK_NAME}:
             raise NotAStoreError(
                 f"{path} is not an Aof: it has files but no {META_NAME}; "
@@ -218,28 +225,41 @@ class Aof:
                 segment_bytes=segment_bytes or SEGMENT_BYTES_DEFAULT,
                 user=dict(user or {}),
             )
-            self._io.replace_file(self.path, META_NAME, meta.encode())
+            self._io.replace_file(self.path, META_NAME, _encode_meta(meta))
             return meta
         return Meta.decode(self._io.read_file(meta_path), meta_path)
 
     def _finish_recovery(self, doomed: list[Segment]) -> None:
-        """Make recovery's decisions durable before anything is written."""
+        """Make recovery's decisions durable before anything is written.
+
+        The records the scan accepted may exist only in the page cache (the writer was
+        killed, the machine was not), so they are fdatasync'd before any epoch bump
+        names them as the cut: otherwise a later power loss could expose older frames
+        at their positions that the cut would call live.
+        """
         for name in self._io.listdir(self.path):
-            if name.endswith(TEMP_SUFFIX) and name != SPARE_NAME:
+            if name.endswith(TRASH_SUFFIX):
+                self._spare.delete_later(os.path.join(self.path, name))  # large: slow unlink
+            elif name.endswith(TEMP_SUFFIX) and name != SPARE_NAME:
                 self._io.unlink(os.path.join(self.path, name))
         for segment in doomed:
             self._remove_segment_files(segment)
         if doomed:
             self._io.fsync_dir(self.path)
-        if self.recovery.torn_cut_at_index is not None:
-            self._bump_epoch()  # the cut is durable from here on
         for segment in self._segments[:-1]:
-            if not os.path.exists(segment.sidecar_path):
+            if not segment.sidecar_trusted:
+                fd = self._io.open(segment.path, os.O_RDONLY)
+                try:
+                    self._io.fdatasync(fd, segment.path)
+                finally:
+                    self._io.close(fd, segment.path)
                 self._write_sidecar(segment)
             segment.sealed = True
             segment.trim()
         if self._segments:
-            self._activate(self._segments[-1])
+            self._activate(self._segments[-1], self.recovery.torn_cut_offset)
+        if self.recovery.torn_cut_at_index is not None:
+            self._bump_epoch()  # the cut is durable from here on
 
     def close(self) -> None:
         """Sync what was appended (unless the store failed), then release everything.
@@ -420,8 +440,12 @@ class Aof:
 
         ``headers``: a numpy array of the header dtype with one row per payload, or None.
         """
-        if isinstance(payloads, (bytes, bytearray, memoryview, str)):
-            raise InvalidArgumentError("payloads must be a sequence of byte buffers")
+        if isinstance(payloads, (bytes, bytearray, memoryview, str)) or not isinstance(
+            payloads, Sequence
+        ):
+            raise InvalidArgumentError(
+                f"payloads must be a sequence of byte buffers, not {type(payloads).__name__}"
+            )
         count = len(payloads)
         if count == 0:
             raise InvalidArgumentError("append_batch needs at least one payload")
@@ -514,12 +538,26 @@ class Aof:
         self._check_fits(frame_size)
         if not self._epoch_bumped:
             self._bump_epoch()
-        if self._segments and not self._segments[-1].sealed:
-            active = self._segments[-1]
-            if active.free_bytes >= frame_size:
-                return active
-            self._seal(active)
-        return self._new_segment(self._last_index + 1)
+        if not self._segments or self._segments[-1].sealed:
+            return self._new_segment(self._last_index + 1)
+        active = self._segments[-1]
+        if active.free_bytes >= frame_size:
+            return active
+        # A successor proves its predecessor whole (recovery row R5), so the predecessor
+        # is made durable before the successor exists: one fdatasync per segment.
+        self._fdatasync_or_fail(active)
+        successor = self._new_segment(self._last_index + 1)  # ENOSPC leaves active as is
+        self._seal(active)
+        return successor
+
+    def _fdatasync_or_fail(self, segment: Segment) -> None:
+        if segment.write_fd is None:
+            return
+        try:
+            self._io.fdatasync(segment.write_fd, segment.path)
+        except StorageIOError as exc:
+            self._commit.fail(exc)
+            self._commit.check_failed()
 
     def _check_fits(self, frame_size: int) -> None:
         room = self._segment_bytes - SEGMENT_HEADER_BYTES
@@ -531,7 +569,7 @@ class Aof:
 
     def _seal(self, segment: Segment) -> None:
         segment.sealed = True
-        self._sealed_unsynced.append(segment)
+        self._sealed_without_sidecar.append(segment)
 
     def _new_segment(self, first_index: int) -> Segment:
         header = SegmentHeader(
@@ -540,15 +578,35 @@ class Aof:
         fd, _ = self._spare.take(first_index, header)
         segment = Segment(self._io, self.path, first_index, self._header_bytes, self._segment_bytes)
         segment.write_fd = fd
-        self._segments.append(segment)
-        self._firsts.append(first_index)
+        self._set_segments([*self._segments, segment])
         self._dir_dirty = True
         self._spare.start()
         return segment
 
-    def _activate(self, segment: Segment) -> None:
-        """Reopen the last segment for writing after recovery."""
+    def _set_segments(self, segments: list[Segment]) -> None:
+        self._segments = segments
+        self._firsts = [s.first_index for s in segments]
+        self._read_path.set_segments(list(segments))
+
+    def _set_first_index(self, first_index: int) -> None:
+        self._first_index = first_index
+        self._read_path.first_index = first_index
+
+    def _activate(self, segment: Segment, torn_offset: int | None) -> None:
+        """Reopen the last segment for writing after recovery; make its records durable.
+
+        A sidecar left on it (its successor could not be made) would describe fewer
+        records than it will hold, so it goes first. Bytes of a torn tail are zeroed, so
+        the next open finds a clean end instead of the same torn frame.
+        """
+        if os.path.exists(segment.sidecar_path):
+            self._io.unlink(segment.sidecar_path)
+            self._io.fsync_dir(self.path)
+        segment.sidecar_trusted = False
         segment.write_fd = self._io.open(segment.path, os.O_RDWR)
+        if torn_offset is not None:
+            self._io.zero_range(segment.write_fd, torn_offset, segment.capacity_bytes, segment.path)
+        self._io.fdatasync(segment.write_fd, segment.path)
         segment.sealed = False
         self._spare.start()
 
@@ -560,7 +618,7 @@ class Aof:
         self._epoch_bumped = True
 
     def _write_meta(self, meta: Meta) -> None:
-        self._io.replace_file(self.path, META_NAME, meta.encode())
+        self._io.replace_file(self.path, META_NAME, _encode_meta(meta))
         self._meta = meta
 
     def set_user_meta(self, user: dict[str, Any]) -> None:
@@ -586,29 +644,38 @@ class Aof:
         self._commit.add_callback(callback)
 
     def _flush_io(self) -> int:
-        """The group commit's I/O: runs with the flush mutex held."""
+        """The group commit's I/O: runs with the flush mutex held.
+
+        Sealed segments were fdatasync'd when they were sealed; they get their sidecar
+        here, off the append path.
+        """
         with self._write_lock:
             target = self._last_index
-            sealed = self._sealed_unsynced
-            self._sealed_unsynced = []
+            if (
+                target <= self._commit.durable_index
+                and not self._sealed_without_sidecar
+                and not self._dir_dirty
+            ):
+                return target  # a flush that ran meanwhile covered everything
+            sealed = self._sealed_without_sidecar
+            self._sealed_without_sidecar = []
             active = self._segments[-1] if self._segments else None
             dir_dirty, self._dir_dirty = self._dir_dirty, False
             active_fd = active.write_fd if active is not None else None
         try:
-            for segment in sealed:
-                if segment.write_fd is not None:
-                    self._io.fdatasync(segment.write_fd, segment.path)
-            if active is not None and active_fd is not None and active not in sealed:
+            if active is not None and active_fd is not None:
                 self._io.fdatasync(active_fd, active.path)
             if dir_dirty:
                 self._io.fsync_dir(self.path)
+            for segment in sealed:
+                self._write_sidecar(segment)
         except StorageIOError:
             with self._write_lock:
-                self._sealed_unsynced = sealed + self._sealed_unsynced
+                self._sealed_without_sidecar = sealed + self._sealed_without_sidecar
+                self._dir_dirty = self._dir_dirty or dir_dirty
             raise
-        for segment in sealed:
-            self._write_sidecar(segment)
-            with self._write_lock:
+        with self._write_lock:
+            for segment in sealed:
                 if segment.write_fd is not None:
                     fd, segment.write_fd = segment.write_fd, None
                     self._io.close(fd, segment.path)
@@ -621,6 +688,7 @@ class Aof:
         )
         directory, name = os.path.split(segment.sidecar_path)
         self._io.replace_file(directory, name, data)
+        segment.sidecar_trusted = True
 
     # -- reading -------------------------------------------------------------------
 
@@ -628,19 +696,36 @@ class Aof:
         """The payload of record ``index``, zero-copy from the segment's mapping.
 
         The view stays valid until the record is truncated away or the Aof is closed;
-        after that its content is unspecified (reading it never crashes). Copy it with
-        ``bytes(view)`` to keep it longer.
+        after that its content is unspecified, but reading it never crashes (the mapping
+        lives as long as any view of it). Copy it with ``bytes(view)`` to keep it.
         """
+        payload = self._read_path.read(index)  # the hot path: one compiled call
+        return payload if payload is not None else self._read_located(index)
+
+    def _read_located(self, index: int) -> memoryview:
         segment, position = self._locate(index)
-        offset = int(segment.offsets[position])
-        length = int(segment.lengths[position])
-        view = segment.view()
-        if self._verify_reads:
+        payload = segment.map_reader().read(
+            segment.offsets,
+            segment.lengths,
+            position,
+            self._header_bytes,
+            index,
+            self._verify_reads,
+        )
+        if payload is None:
+            view = segment.view()
+            offset = int(segment.offsets[position])
+            length = int(segment.lengths[position])
             status = kernels.verify_frame(view, offset, self._header_bytes, index, length)
-            if status:
-                kernels.raise_for_frame_status(status, segment.path, offset, index)
-        start = offset + FRAME_HEADER_BYTES + self._header_bytes
-        return view[start : start + length]
+            kernels.raise_for_frame_status(
+                status or kernels.FRAME_OUT_OF_BOUNDS,
+                segment.path,
+                offset,
+                index,
+                segment=view,
+                payload_bytes=length,
+            )
+        return payload  # type: ignore[return-value]
 
     def header(self, index: int) -> Any:
         """The header of record ``index`` as a structured numpy scalar."""
@@ -740,7 +825,7 @@ class Aof:
                 return
             self._commit.flush_locked()
             self._write_meta(self._meta.with_changes(first_index=index))
-            self._first_index = index
+            self._set_first_index(index)
             keep = [s for s in self._segments if s.last_index >= index]
             drop = self._segments[: len(self._segments) - len(keep)]
             if index > self._last_index:
@@ -748,8 +833,7 @@ class Aof:
                 self._last_index = index - 1
                 self._commit.raise_to(index - 1)
             self._drop_segments(drop)
-            self._segments = keep
-            self._firsts = [s.first_index for s in keep]
+            self._set_segments(keep)
 
     def truncate_after(self, index: int) -> None:
         """Drop records after ``index``; durable on return.
@@ -770,9 +854,9 @@ class Aof:
             drop = self._segments[len(keep) :]
             for segment in keep[-1:]:
                 self._io.unlink(segment.sidecar_path)
+                segment.sidecar_trusted = False
             self._drop_segments(drop)
-            self._segments = keep
-            self._firsts = [s.first_index for s in keep]
+            self._set_segments(keep)
             self._last_index = index
             self._bump_epoch()  # commit point: records after index are dead
             if keep:
@@ -788,14 +872,14 @@ class Aof:
             return
         for segment in segments:
             self._remove_segment_files(segment)
-            if segment in self._sealed_unsynced:
-                self._sealed_unsynced.remove(segment)
+            if segment in self._sealed_without_sidecar:
+                self._sealed_without_sidecar.remove(segment)
         self._io.fsync_dir(self.path)
 
     def _remove_segment_files(self, segment: Segment) -> None:
         segment.release()
         self._io.unlink(segment.sidecar_path)
-        self._io.unlink(segment.path)
+        self._spare.retire(segment.path)
 
     # -- checks --------------------------------------------------------------------
 
@@ -829,9 +913,14 @@ class Aof:
                 )
             return raw
         try:
-            return np.array(header, dtype=dtype).tobytes()
+            row = np.array(header, dtype=dtype)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"header does not fit dtype {dtype}: {exc}") from None
+        if row.shape != ():
+            raise InvalidArgumentError(
+                f"a record header is one {dtype} value, not an array of shape {row.shape}"
+            )
+        return row.tobytes()
 
     def _header_table(self, headers: Any, count: int) -> npt.NDArray[np.uint8]:
         h = self._header_bytes
@@ -868,6 +957,13 @@ def _payload_view(payload: Payload) -> memoryview:
     if not view.c_contiguous:
         raise InvalidArgumentError("payload must be a contiguous buffer")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _encode_meta(meta: Meta) -> bytes:
+    try:
+        return meta.encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"user metadata must be JSON-serialisable: {exc}") from None
 
 
 def _as_index(value: int) -> int:

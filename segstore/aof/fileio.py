@@ -103,10 +103,14 @@ class FileIO:
 
     def zero_fill(self, fd: int, size: int, path: str) -> None:
         """Write zero bytes over ``[0, size)`` so later overwrites allocate nothing."""
-        zeros = bytes(min(ZERO_FILL_CHUNK_BYTES, size))
-        offset = 0
-        while offset < size:
-            chunk = memoryview(zeros)[: min(len(zeros), size - offset)]
+        self.zero_range(fd, 0, size, path)
+
+    def zero_range(self, fd: int, start: int, end: int, path: str) -> None:
+        """Write zero bytes over ``[start, end)``."""
+        zeros = bytes(min(ZERO_FILL_CHUNK_BYTES, max(end - start, 0)))
+        offset = start
+        while offset < end:
+            chunk = memoryview(zeros)[: min(len(zeros), end - offset)]
             offset += self.pwrite(fd, chunk, offset, path)
 
     def set_size(self, fd: int, size: int, path: str) -> None:

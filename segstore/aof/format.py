@@ -70,19 +70,19 @@ def parse_segment_name(name: str) -> int | None:
     return None
 
 
-def dtype_to_json(dtype: np.dtype[Any] | None) -> list[Any]:
-    """The JSON form of a header dtype (``[]`` for none)."""
+def dtype_to_json(dtype: np.dtype[Any] | None) -> list[Any] | str:
+    """The JSON form of a header dtype: numpy's descr (``[]`` for none)."""
     if dtype is None or dtype.itemsize == 0:
         return []
     descr = np.lib.format.dtype_to_descr(dtype)
-    if not isinstance(descr, list):
-        descr = [("value", descr)]
-    as_json: list[Any] = json.loads(json.dumps(descr))
+    as_json: list[Any] | str = json.loads(json.dumps(descr))
     return as_json
 
 
-def dtype_from_json(descr: list[Any]) -> np.dtype[Any] | None:
+def dtype_from_json(descr: list[Any] | str) -> np.dtype[Any] | None:
     """Inverse of :func:`dtype_to_json`."""
+    if isinstance(descr, str):
+        return np.dtype(descr)
     if not descr:
         return None
     fields = [tuple(_tuple_shapes(item)) for item in descr]

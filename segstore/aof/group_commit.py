@@ -24,8 +24,11 @@ class GroupCommit:
     index that is now durable; it raises :class:`StorageIOError` on failure.
     """
 
-    def __init__(self, flush: Callable[[], int], durable_index: int) -> None:
+    def __init__(
+        self, flush: Callable[[], int], written_index: Callable[[], int], durable_index: int
+    ) -> None:
         self._flush = flush
+        self._written_index = written_index
         self._flush_mutex = threading.Lock()
         self._state = threading.Condition()
         self._durable_index = durable_index
@@ -64,9 +67,14 @@ class GroupCommit:
             self._callbacks.append(callback)
 
     def sync(self, target: int) -> int:
-        """Block until ``target`` is durable; return the durable index."""
+        """Block until ``target`` (or all that is written, if less) is durable.
+
+        A truncation may lower what is written below ``target`` meanwhile; the target
+        shrinks with it, so a sync never waits for records that no longer exist.
+        """
         while True:
             self.check_failed()
+            target = min(target, self._written_index())
             if self._durable_index >= target:
                 return self._durable_index
             with self._flush_mutex:
@@ -116,7 +124,7 @@ class GroupCommit:
 
     # -- background flushing -------------------------------------------------------
 
-    def start_background(self, written_index: Callable[[], int]) -> None:
+    def start_background(self) -> None:
         """Flush in a background thread whenever :meth:`nudge` says there is work."""
 
         def run() -> None:
@@ -126,7 +134,7 @@ class GroupCommit:
                 if self._stopping:
                     return
                 try:
-                    self.sync(written_index())
+                    self.sync(self._written_index())
                 except FailedStateError:
                     return  # callbacks already saw the failure
 

@@ -7,14 +7,20 @@ The decision table (each row is pinned by the test named in ``tests/test_aof_rec
 | R1 | a sealed segment with a sidecar that checks out | loads the sidecar, no rescan |
 | R2 | a sealed segment without a usable sidecar | scans it, writes a new sidecar |
 | R3 | a segment wholly below ``first_index`` (crash in truncate_before) | deletes it |
-| R4 | a last segment whose header is all zero (crash while activating it) | deletes it |
-| R5 | a segment header that does not check out, or a gap between segments | CorruptionError |
+| R4 | a last segment with a zero header or another index's (crash in rollover) | deletes it |
+| R5 | a bad segment header, a gap, or a sealed segment whose records end early | Corruption |
 | R6 | records end CLEAN, STALE or FULL in the last segment | normal end |
-| R7 | records end TORN, and a later frame proves the bad one was durable | CorruptionError |
-| R8 | records end TORN (or early in a sealed segment) without such proof | torn tail: cut |
+| R7 | records end TORN at e; e <= ``epoch_cut`` or a live frame proves e durable | Corruption |
+| R8 | records end TORN in the last segment without such proof | torn tail: cut |
 
-A torn tail is cut in memory here; the Aof makes the cut durable by bumping the epoch
-(FORMAT.md 4.2) and deleting the segments after the cut before it writes anything.
+(Corruption: ``CorruptionError`` naming the file and offset.)
+
+Only the last segment can end torn: a segment gets a successor only after it was
+fdatasync'd whole, so a sealed segment that ends early lost durable records (R5).
+Every record at or below ``epoch_cut`` was durable before the epoch bump that set it,
+so damage there is corruption too (R7). A torn tail is cut in memory here; the Aof
+makes the cut durable (zeroes the rest of the segment, bumps the epoch) before it
+writes anything.
 """
 
 from __future__ import annotations
@@ -51,10 +57,10 @@ class RecoveryReport:
 
 @dataclass
 class Recovered:
-    """The segments that hold records, and whether a torn tail must be cut durably."""
+    """The segments that hold records, and the segment files open must delete."""
 
     segments: list[Segment]
-    doomed: list[Segment]  # segments after a torn cut, to delete before writing
+    doomed: list[Segment]
     report: RecoveryReport
 
 
@@ -82,41 +88,45 @@ def recover(io: FileIO, directory: str, meta: Meta) -> Recovered:
         segments.append(segment)
     report.removed_files = [s.path for s in stale]
 
-    doomed: list[Segment] = []
     for position, segment in enumerate(segments):
         successor = segments[position + 1] if position + 1 < len(segments) else None
-        expected_last = None if successor is None else successor.first_index - 1
-        if successor is not None and _load_sidecar(io, segment, meta):
-            report.sidecars_loaded += 1  # R1
-            if segment.last_index != expected_last:
-                raise CorruptionError(  # R5: a gap
-                    segment.path,
-                    segment.end_offset,
-                    f"segment ends at index {segment.last_index} but the next one "
-                    f"starts at {successor.first_index}",
-                )
+        if successor is not None:
+            _recover_sealed(io, segment, successor, meta, report)
             continue
-        end_kind = _scan(segment, meta, limit=expected_last)  # R2 / R6
+        end_kind = _scan(segment, meta, limit=None)  # R6
         report.segments_scanned += 1
-        complete = (
-            end_kind in (kernels.END_CLEAN, kernels.END_STALE, kernels.END_FULL)
-            if expected_last is None
-            else segment.last_index == expected_last
-        )
-        if complete:
-            continue
-        later = segments[position + 1 :]
-        _raise_if_durable(segment, later, meta)  # R7
-        report.torn_cut_at_index = segment.last_index + 1  # R8
-        report.torn_cut_path = segment.path
-        report.torn_cut_offset = segment.end_offset
-        doomed = later
-        segments = segments[: position + 1]
-        break
+        if end_kind == kernels.END_TORN:
+            _raise_if_durable(segment, meta)  # R7
+            report.torn_cut_at_index = segment.last_index + 1  # R8
+            report.torn_cut_path = segment.path
+            report.torn_cut_offset = segment.end_offset
 
+    while segments and segments[-1].last_index < meta.first_index:
+        stale.insert(0, segments.pop())  # R3: truncate_before past the tail, then a crash
+        report.torn_cut_at_index = report.torn_cut_path = report.torn_cut_offset = None
+    report.removed_files = [s.path for s in stale]
     report.segments = len(segments)
     report.records = sum(s.count for s in segments)
-    return Recovered(segments, stale + doomed, report)
+    return Recovered(segments, stale, report)
+
+
+def _recover_sealed(
+    io: FileIO, segment: Segment, successor: Segment, meta: Meta, report: RecoveryReport
+) -> None:
+    expected_last = successor.first_index - 1
+    if _load_sidecar(io, segment, meta):
+        report.sidecars_loaded += 1  # R1
+    else:
+        _scan(segment, meta, limit=expected_last)  # R2
+        report.segments_scanned += 1
+        segment.trim()  # sealed: the index never grows again
+    if segment.last_index != expected_last:
+        raise CorruptionError(  # R5
+            segment.path,
+            segment.end_offset,
+            f"records end at index {segment.last_index} but the next segment starts at "
+            f"{successor.first_index}: durable records are missing or damaged",
+        )
 
 
 def _segment(io: FileIO, directory: str, first: int, meta: Meta) -> Segment:
@@ -136,6 +146,8 @@ def _open_segment(
     if last and raw.count(0) == len(raw):
         return None
     header = SegmentHeader.decode(raw, path)
+    if last and header.first_index != first and header.store_id == meta.store_id:
+        return None  # a recycled file renamed before its new header reached the disk
     problems = []
     if header.first_index != first:
         problems.append(f"header names first index {header.first_index}")
@@ -168,6 +180,7 @@ def _load_sidecar(io: FileIO, segment: Segment, meta: Meta) -> bool:
         return False
     segment.load(arrays)
     segment.sealed = True
+    segment.sidecar_trusted = True
     return True
 
 
@@ -200,18 +213,28 @@ def _scan(segment: Segment, meta: Meta, *, limit: int | None) -> int:
             return int(end_kind)
 
 
-def _raise_if_durable(segment: Segment, later: list[Segment], meta: Meta) -> None:
-    """R7: look past the bad frame for a frame proving it was durable."""
+def _raise_if_durable(segment: Segment, meta: Meta) -> None:
+    """R7: is the bad frame at the end of the last segment damage to durable data?"""
     expected = segment.last_index + 1
-    searches = [(segment, segment.end_offset)] + [(s, SEGMENT_HEADER_BYTES - 8) for s in later]
-    for candidate, start in searches:
-        found = kernels.find_durable_evidence(
-            candidate.view(), start, expected, meta.header_bytes, meta.epoch
+    if expected <= meta.epoch_cut:
+        raise CorruptionError(
+            segment.path,
+            segment.end_offset,
+            f"record {expected} is damaged but was durable: it is below the epoch cut "
+            f"{meta.epoch_cut}",
         )
-        if found >= 0:
-            raise CorruptionError(
-                segment.path,
-                segment.end_offset,
-                f"record {expected} is damaged but was durable: the frame at "
-                f"{candidate.path}:{found} was written after it had been synced",
-            )
+    found = kernels.find_durable_evidence(
+        segment.view(),
+        segment.end_offset,
+        expected,
+        meta.header_bytes,
+        meta.epoch,
+        meta.epoch_cut,
+    )
+    if found >= 0:
+        raise CorruptionError(
+            segment.path,
+            segment.end_offset,
+            f"record {expected} is damaged but was durable: the frame at offset {found} "
+            "was written after it had been synced",
+        )

@@ -22,11 +22,12 @@ from segstore.aof.format import (
     segment_name,
     sidecar_name,
 )
+from segstore.aof.kernels import RecordReader, SegmentIndexBase
 
 _INITIAL_SLOTS = 1024
 
 
-class Segment:
+class Segment(SegmentIndexBase):
     """A segment's file and index. The Aof serialises every mutation."""
 
     def __init__(
@@ -50,8 +51,10 @@ class Segment:
         self.headers: npt.NDArray[np.uint8] = np.empty(_INITIAL_SLOTS * header_bytes, np.uint8)
         self.write_fd: int | None = None
         self.sealed = False
+        self.sidecar_trusted = False  # a checked sidecar describes this segment
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
+        self.reader = None
 
     @property
     def last_index(self) -> int:
@@ -72,7 +75,14 @@ class Segment:
             finally:
                 self.io.close(fd, self.path)
             self._view = memoryview(self._map)
+            self.reader = RecordReader(self._view)
         return self._view
+
+    def map_reader(self) -> RecordReader:
+        """The zero-copy record reader of this segment, mapping the file if needed."""
+        self.view()
+        assert self.reader is not None
+        return self.reader
 
     def load(self, arrays: SegmentIndexArrays) -> None:
         """Adopt a complete index (from a sidecar or a scan)."""
