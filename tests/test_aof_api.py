@@ -1,0 +1,823 @@
+"""The public API of :class:`segstore.aof.Aof`, one behaviour per test.
+
+Covers appends and reads (every payload kind, empty and near-capacity records), record
+headers, batches across segments, durability (sync, autosync, on_durable), both
+truncations and their reopen, sidecar loading, the index memory budget, view lifetime,
+closing, locking, readonly opens, user metadata and header dtype checks. Small
+``segment_bytes`` make segments roll after a few records so every path crosses segment
+boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segstore.aof import Aof, FileIO
+from segstore.aof.format import SEGMENT_HEADER_BYTES, frame_bytes, segment_name, sidecar_name
+from segstore.errors import (
+    ClosedError,
+    IndexOutOfRangeError,
+    InvalidArgumentError,
+    StoreLockedError,
+)
+
+SEGMENT_BYTES = 16 * 1024
+HEADER_DTYPE = np.dtype([("term", "<u8"), ("kind", "<u2"), ("flags", "u1")])  # 11 bytes, odd
+DEADLINE_S = 10.0
+
+
+def payload_of(index: int, size: int | None = None) -> bytes:
+    """A deterministic payload for record ``index`` (size varies with the index)."""
+    size = (index * 37) % 301 if size is None else size
+    return bytes((index * 7 + k) & 0xFF for k in range(size))
+
+
+def header_of(index: int) -> tuple[int, int, int]:
+    return (index * 1000 + 3, index % 65536, index % 256)
+
+
+def open_aof(path: Path, **kwargs: object) -> Aof:
+    """Open with small segments and, unless asked otherwise, no background flusher
+    (deterministic durable_index; see test_sync_racing_truncate_after_returns)."""
+    kwargs.setdefault("segment_bytes", SEGMENT_BYTES)
+    kwargs.setdefault("autosync", False)
+    return Aof.open(path, **kwargs)  # type: ignore[arg-type]
+
+
+def fill(aof: Aof, count: int, *, headers: bool = False) -> list[bytes]:
+    """Append ``count`` records one at a time; return their payloads."""
+    out = []
+    for _ in range(count):
+        index = aof.last_index + 1
+        data = payload_of(index)
+        got = aof.append(data, header_of(index) if headers else None)
+        assert got == index
+        out.append(data)
+    return out
+
+
+def segment_files(path: Path) -> list[str]:
+    return sorted(name for name in os.listdir(path) if name.endswith(".seg"))
+
+
+def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {DEADLINE_S} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def assert_records(aof: Aof, expected: dict[int, bytes]) -> None:
+    for index, data in expected.items():
+        assert bytes(aof.read(index)) == data, f"record {index}"
+
+
+# -- append and read ---------------------------------------------------------------
+
+
+def test_empty_aof_has_first_index_one_and_no_records(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        assert (aof.first_index, aof.last_index, len(aof)) == (1, 0, 0)
+        assert aof.read_range(1, 1) == []
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read(1)
+
+
+def test_indices_are_dense_from_one(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        got = [aof.append(payload_of(i)) for i in range(1, 201)]
+        assert got == list(range(1, 201))
+        assert aof.append_batch([b"a", b"b", b"c"]) == 203
+        assert (aof.first_index, aof.last_index, len(aof)) == (1, 203, 203)
+
+
+def test_empty_payload_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        index = aof.append(b"")
+        aof.append(b"after")
+        assert bytes(aof.read(index)) == b""
+        assert aof.read(index).nbytes == 0
+        assert aof.payload_lengths(1, 3).tolist() == [0, 5]
+    with open_aof(path) as aof:
+        assert bytes(aof.read(1)) == b""
+        assert bytes(aof.read(2)) == b"after"
+
+
+@pytest.mark.parametrize("header_dtype", [None, HEADER_DTYPE])
+def test_largest_record_fills_a_segment_and_one_byte_more_is_refused(
+    tmp_path: Path, header_dtype: np.dtype | None
+) -> None:
+    from segstore.errors import RecordTooLargeError
+
+    h = 0 if header_dtype is None else header_dtype.itemsize
+    room = SEGMENT_BYTES - SEGMENT_HEADER_BYTES
+    largest = room - 24 - h  # frame_bytes(h, largest) == room exactly
+    assert frame_bytes(h, largest) == room
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=header_dtype) as aof:
+        aof.append(b"small")
+        big = payload_of(2, largest)
+        assert aof.append(big) == 2  # rolls to a fresh segment it fills exactly
+        with pytest.raises(RecordTooLargeError):
+            aof.append(bytes(largest + 1))
+        assert aof.append(b"next") == 3
+        assert len(segment_files(path)) == 3
+        assert bytes(aof.read(2)) == big
+    with open_aof(path) as aof:
+        assert bytes(aof.read(2)) == big
+        assert bytes(aof.read(3)) == b"next"
+        assert aof.last_index == 3
+
+
+def test_payload_buffer_kinds_round_trip(tmp_path: Path) -> None:
+    data = payload_of(5, 100)
+    words = np.arange(10, dtype="<u4")
+    kinds = [
+        data,
+        bytearray(data),
+        memoryview(data),
+        memoryview(data)[10:60],
+        np.frombuffer(data, np.uint8),
+        np.frombuffer(data, np.uint8)[::1][5:20],
+        words,  # a wider itemsize: its raw bytes are the payload
+    ]
+    expected = [bytes(memoryview(k).cast("B")) for k in kinds]
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        for kind in kinds:
+            aof.append(kind)
+        assert [bytes(v) for v in aof.read_range(1, len(kinds) + 1)] == expected
+        assert aof.append_batch([bytearray(b"xy"), memoryview(b"z"), np.zeros(3, np.uint8)])
+        assert [bytes(aof.read(i)) for i in range(8, 11)] == [b"xy", b"z", b"\0\0\0"]
+    with open_aof(path) as aof:
+        assert [bytes(aof.read(i)) for i in range(1, len(kinds) + 1)] == expected
+
+
+def test_append_copies_payload_so_later_mutation_does_not_leak(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        buffer = bytearray(b"original")
+        aof.append(buffer)
+        buffer[:] = b"MUTATED!"
+        assert bytes(aof.read(1)) == b"original"
+
+
+# -- headers -----------------------------------------------------------------------
+
+
+def test_header_and_headers_across_segment_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    count = 400
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        fill(aof, count, headers=True)
+        assert len(aof.segment_paths()) >= 3
+        expected = np.array([header_of(i) for i in range(1, count + 1)], HEADER_DTYPE)
+        for i in (1, 2, count // 2, count):
+            assert aof.header(i).tolist() == header_of(i)
+        boundary = int(os.path.basename(aof.segment_paths()[1]).split(".")[0])
+        got = aof.headers(boundary - 3, boundary + 3)
+        assert got.dtype == HEADER_DTYPE
+        assert got.tolist() == expected[boundary - 4 : boundary + 2].tolist()
+        assert aof.headers(1, count + 1).tolist() == expected.tolist()
+        assert aof.headers(5, 5).shape == (0,)
+        assert aof.headers(5, 5).dtype == HEADER_DTYPE
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        assert aof.headers(1, count + 1).tolist() == expected.tolist()
+        assert aof.header(boundary).tolist() == header_of(boundary)
+
+
+def test_header_accepts_scalar_tuple_and_bytes_and_none_is_zero(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a", header_dtype=HEADER_DTYPE) as aof:
+        scalar = np.array((9, 8, 7), HEADER_DTYPE)[()]
+        aof.append(b"a", scalar)
+        aof.append(b"b", (1, 2, 3))
+        aof.append(b"c", np.array((4, 5, 6), HEADER_DTYPE).tobytes())
+        aof.append(b"d")
+        assert aof.headers(1, 5).tolist() == [(9, 8, 7), (1, 2, 3), (4, 5, 6), (0, 0, 0)]
+
+
+def test_headers_result_is_a_copy(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a", header_dtype=HEADER_DTYPE) as aof:
+        aof.append(b"a", (1, 2, 3))
+        got = aof.headers(1, 2)
+        got["term"][0] = 99
+        assert aof.header(1).tolist() == (1, 2, 3)
+
+
+def test_headers_without_header_dtype_is_an_error(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        aof.append(b"a")
+        with pytest.raises(InvalidArgumentError):
+            aof.header(1)
+        with pytest.raises(InvalidArgumentError):
+            aof.headers(1, 2)
+
+
+def test_plain_header_dtype_survives_reopen(tmp_path: Path) -> None:
+    """A header dtype accepted at creation is accepted again at reopen, unchanged.
+
+    Fails today: a plain (non-structured) dtype is stored as ``[["value", "<u8"]]``
+    (format.dtype_to_json) and reads back as a one-field struct, so reopening with the
+    very same ``header_dtype`` raises and ``header()`` changes type.
+    """
+    path = tmp_path / "a"
+    try:
+        aof = open_aof(path, header_dtype=np.uint64)
+    except InvalidArgumentError:
+        return  # refusing plain dtypes up front is a consistent contract too
+    with aof:
+        aof.append(b"a", 7)
+        assert aof.header(1) == 7
+    with open_aof(path, header_dtype=np.uint64) as aof:
+        assert aof.header_dtype == np.dtype(np.uint64)
+        assert aof.header(1) == 7
+    with open_aof(path) as aof:
+        assert aof.header_dtype == np.dtype(np.uint64)
+
+
+# -- batches -------------------------------------------------------------------------
+
+
+def test_append_batch_spans_several_segments_with_headers(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    first_batch = [payload_of(i) for i in range(1, 301)]
+    heads = np.array([header_of(i) for i in range(1, 301)], HEADER_DTYPE)
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        assert aof.append_batch(first_batch, heads) == 300
+        assert len(aof.segment_paths()) >= 3
+        second = [payload_of(i) for i in range(301, 321)]
+        assert aof.append_batch(second) == 320  # headers=None: zero headers
+        assert aof.headers(301, 321).tolist() == [(0, 0, 0)] * 20
+        assert aof.headers(1, 301).tolist() == heads.tolist()
+        assert [bytes(v) for v in aof.read_range(1, 321)] == first_batch + second
+        lengths = aof.payload_lengths(1, 321)
+        assert lengths.tolist() == [len(p) for p in first_batch + second]
+        # segment files are named by the first index they hold, contiguous
+        firsts = [int(os.path.basename(p).split(".")[0]) for p in aof.segment_paths()]
+        assert firsts[0] == 1
+        assert firsts == sorted(firsts)
+    with open_aof(path) as aof:
+        assert [bytes(v) for v in aof.read_range(1, 321)] == first_batch + second
+        assert aof.headers(1, 301).tolist() == heads.tolist()
+
+
+def test_read_range_across_segments_matches_read(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        expected = fill(aof, 500)
+        assert len(aof.segment_paths()) >= 4
+        for start, end in [(1, 501), (100, 101), (37, 444), (500, 501), (250, 250)]:
+            got = [bytes(v) for v in aof.read_range(start, end)]
+            assert got == expected[start - 1 : end - 1]
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read_range(1, 502)
+        with pytest.raises(InvalidArgumentError):
+            aof.read_range(10, 9)
+
+
+# -- durability ----------------------------------------------------------------------
+
+
+def test_sync_returns_durable_index(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a", autosync=False) as aof:
+        fill(aof, 50)
+        assert aof.sync() == 50
+        assert aof.durable_index == 50
+        aof.append_batch([b"x"] * 10)
+        assert aof.sync() == 60
+
+
+def test_autosync_false_leaves_durable_index_behind_until_sync(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a", autosync=False) as aof:
+        fill(aof, 300)  # rolls segments too: no roll may sync on its own
+        time.sleep(0.05)
+        assert aof.durable_index == 0
+        assert aof.sync() == 300
+        aof.append(b"more")
+        time.sleep(0.05)
+        assert aof.durable_index == 300
+        assert aof.sync() == 301
+
+
+def test_autosync_makes_records_durable_without_sync(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a", autosync=True) as aof:
+        fill(aof, 300)
+        wait_for(lambda: aof.durable_index == 300, "durable_index to reach 300")
+        aof.append_batch([b"y"] * 5)
+        wait_for(lambda: aof.durable_index == 305, "durable_index to reach 305")
+        assert aof.durable_index <= aof.last_index
+
+
+def test_on_durable_sees_increasing_indices_up_to_the_last(tmp_path: Path) -> None:
+    seen: list[int | BaseException] = []
+    lock = threading.Lock()
+
+    def callback(event: int | BaseException) -> None:
+        with lock:
+            seen.append(event)
+
+    with open_aof(tmp_path / "a", autosync=True) as aof:
+        aof.on_durable(callback)
+        for _ in range(20):
+            fill(aof, 10)
+            time.sleep(0.001)
+        aof.sync()
+        wait_for(lambda: seen and seen[-1] == 200, "a callback with 200")
+    assert all(isinstance(e, int) for e in seen), seen
+    assert seen == sorted(set(seen)), f"not strictly increasing: {seen}"
+    assert seen[0] >= 1 and seen[-1] == 200
+
+
+def test_on_durable_with_explicit_sync(tmp_path: Path) -> None:
+    seen: list[int | BaseException] = []
+    with open_aof(tmp_path / "a", autosync=False) as aof:
+        aof.on_durable(seen.append)
+        fill(aof, 3)
+        aof.sync()
+        fill(aof, 4)
+        aof.sync()
+        aof.sync()  # nothing new: no callback
+    assert seen == [3, 7]
+
+
+class _BlockingIO(FileIO):
+    """Blocks the first fdatasync after :meth:`arm` until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._armed = False
+        self.entered = threading.Event()
+        self._gate = threading.Event()
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def fdatasync(self, fd: int, path: str) -> None:
+        if self._armed:
+            self._armed = False
+            self.entered.set()
+            self._gate.wait(DEADLINE_S)
+        super().fdatasync(fd, path)
+
+
+def test_sync_racing_truncate_after_returns(tmp_path: Path) -> None:
+    """A sync() that read last_index before a concurrent truncate_after lowered it must
+    still return.
+
+    Fails today (livelock): GroupCommit.sync(target) loops until durable_index >= target,
+    but after truncate_after the flush can only reach the new, lower last_index, so the
+    loop spins forever. The background flusher (autosync=True) hits the same race when a
+    truncate_after follows appends, and close() then hangs joining it.
+    """
+    io = _BlockingIO()
+    aof = open_aof(tmp_path / "a", io=io)
+    try:
+        fill(aof, 20)
+        io.arm()
+        truncating = threading.Thread(target=aof.truncate_after, args=(10,))
+        truncating.start()
+        assert io.entered.wait(DEADLINE_S)  # truncate_after holds the flush mutex now
+        results: list[int] = []
+        syncing = threading.Thread(target=lambda: results.append(aof.sync()), daemon=True)
+        syncing.start()
+        time.sleep(0.2)  # let sync() read last_index (20) and queue on the flush mutex
+        io.release()
+        truncating.join(DEADLINE_S)
+        syncing.join(2.0)
+        stuck = syncing.is_alive()
+        if stuck:
+            aof.append_batch([b"unstick"] * 10)  # lets the spinning sync reach its target
+            syncing.join(DEADLINE_S)
+        assert not stuck, "sync() spun forever after a concurrent truncate_after"
+        assert results and results[0] >= 10
+        assert aof.last_index == 10
+    finally:
+        io.release()
+        aof.close()
+
+
+# -- truncate_before -------------------------------------------------------------------
+
+
+def _segment_firsts(aof: Aof) -> list[int]:
+    return [int(os.path.basename(p).split(".")[0]) for p in aof.segment_paths()]
+
+
+def test_truncate_before_inside_a_segment(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        expected = fill(aof, 400, headers=True)
+        firsts = _segment_firsts(aof)
+        cut = firsts[1] + 5  # inside the second segment
+        aof.truncate_before(cut)
+        assert (aof.first_index, aof.last_index) == (cut, 400)
+        assert segment_files(path) == [segment_name(f) for f in firsts[1:]]
+        assert sidecar_name(firsts[0]) not in os.listdir(path)
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read(cut - 1)
+        assert_records(aof, {i: expected[i - 1] for i in (cut, cut + 1, 400)})
+        assert aof.header(cut).tolist() == header_of(cut)
+        assert aof.append(b"tail") == 401
+    with open_aof(path) as aof:
+        assert (aof.first_index, aof.last_index) == (cut, 401)
+        assert [bytes(v) for v in aof.read_range(cut, 401)] == expected[cut - 1 :]
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read(cut - 1)
+
+
+def test_truncate_before_at_a_segment_boundary(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        expected = fill(aof, 400)
+        firsts = _segment_firsts(aof)
+        aof.truncate_before(firsts[2])
+        assert aof.first_index == firsts[2]
+        assert segment_files(path) == [segment_name(f) for f in firsts[2:]]
+        assert bytes(aof.read(firsts[2])) == expected[firsts[2] - 1]
+    with open_aof(path) as aof:
+        assert aof.first_index == firsts[2]
+        assert segment_files(path) == [segment_name(f) for f in firsts[2:]]
+        assert [bytes(v) for v in aof.read_range(firsts[2], 401)] == expected[firsts[2] - 1 :]
+
+
+def test_truncate_before_at_or_below_first_index_changes_nothing(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        fill(aof, 10)
+        aof.truncate_before(5)
+        aof.truncate_before(5)
+        aof.truncate_before(2)
+        assert (aof.first_index, aof.last_index) == (5, 10)
+
+
+@pytest.mark.parametrize("past", [1, 1000])
+def test_truncate_before_past_the_tail_empties_and_next_append_gets_that_index(
+    tmp_path: Path, past: int
+) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        fill(aof, 300)
+        target = 300 + past
+        aof.truncate_before(target)
+        assert (aof.first_index, aof.last_index, len(aof)) == (target, target - 1, 0)
+        assert segment_files(path) == []
+        assert aof.durable_index <= aof.last_index
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read(300)
+    with open_aof(path) as aof:
+        assert (aof.first_index, aof.last_index, len(aof)) == (target, target - 1, 0)
+        assert aof.append(b"first again") == target
+        assert aof.append_batch([b"b1", b"b2"]) == target + 2
+        assert aof.sync() == target + 2
+    with open_aof(path) as aof:
+        assert (aof.first_index, aof.last_index) == (target, target + 2)
+        assert [bytes(v) for v in aof.read_range(target, target + 3)] == [
+            b"first again",
+            b"b1",
+            b"b2",
+        ]
+
+
+# -- truncate_after --------------------------------------------------------------------
+
+
+def test_truncate_after_inside_a_segment(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        expected = fill(aof, 400, headers=True)
+        firsts = _segment_firsts(aof)
+        cut = firsts[1] + 3
+        aof.truncate_after(cut)
+        assert (aof.first_index, aof.last_index) == (1, cut)
+        assert aof.durable_index <= cut
+        assert segment_files(path) == [segment_name(f) for f in firsts[:2]]
+        with pytest.raises(IndexOutOfRangeError):
+            aof.read(cut + 1)
+        assert aof.append(b"new", (1, 1, 1)) == cut + 1
+        assert aof.append_batch([b"n2", b"n3"]) == cut + 3
+        assert bytes(aof.read(cut + 1)) == b"new"
+        assert aof.header(cut + 1).tolist() == (1, 1, 1)
+    with open_aof(path) as aof:
+        assert aof.last_index == cut + 3
+        got = [bytes(v) for v in aof.read_range(1, cut + 4)]
+        assert got == [*expected[:cut], b"new", b"n2", b"n3"]
+        assert aof.header(cut).tolist() == header_of(cut)
+
+
+def test_truncate_after_at_a_segment_boundary(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        expected = fill(aof, 400)
+        firsts = _segment_firsts(aof)
+        cut = firsts[2] - 1  # last record of the second segment
+        aof.truncate_after(cut)
+        assert aof.last_index == cut
+        assert segment_files(path) == [segment_name(f) for f in firsts[:2]]
+        assert sidecar_name(firsts[1]) not in os.listdir(path)  # the tail is writable again
+    with open_aof(path) as aof:
+        assert aof.last_index == cut
+        assert [bytes(v) for v in aof.read_range(1, cut + 1)] == expected[:cut]
+        assert aof.append(b"after cut") == cut + 1
+    with open_aof(path) as aof:
+        assert aof.last_index == cut + 1
+        assert bytes(aof.read(cut + 1)) == b"after cut"
+        assert bytes(aof.read(cut)) == expected[cut - 1]
+
+
+def test_truncate_after_to_first_index_minus_one_empties(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        fill(aof, 300)
+        aof.truncate_before(50)
+        aof.truncate_after(49)
+        assert (aof.first_index, aof.last_index, len(aof)) == (50, 49, 0)
+        assert aof.durable_index <= 49
+    with open_aof(path) as aof:
+        assert (aof.first_index, aof.last_index, len(aof)) == (50, 49, 0)
+        assert aof.append(b"fresh") == 50
+    with open_aof(path) as aof:
+        assert (aof.first_index, aof.last_index) == (50, 50)
+        assert bytes(aof.read(50)) == b"fresh"
+
+
+def test_truncated_records_never_come_back_after_reopen(tmp_path: Path) -> None:
+    """Stale frames past a truncate_after stay dead (FORMAT.md 4.2), even when the
+    rewritten tail is shorter than what was there before."""
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        fill(aof, 20)
+        aof.truncate_after(10)
+        aof.append(b"x")  # index 11, shorter frame than the old 11
+    with open_aof(path) as aof:
+        assert aof.last_index == 11
+        assert bytes(aof.read(11)) == b"x"
+    with open_aof(path) as aof:
+        aof.truncate_after(5)
+    with open_aof(path) as aof:
+        assert aof.last_index == 5
+
+
+# -- reopen, sidecars and memory -------------------------------------------------------
+
+
+def test_reopen_after_many_segments_loads_sidecars(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        expected = fill(aof, 1000, headers=True)
+        segments = len(aof.segment_paths())
+    assert segments >= 6
+    sidecars = sorted(n for n in os.listdir(path) if n.endswith(".idx"))
+    assert len(sidecars) == segments - 1
+    with open_aof(path) as aof:
+        assert aof.recovery.sidecars_loaded == segments - 1
+        assert aof.recovery.segments_scanned == 1  # only the active one
+        assert aof.recovery.records == 1000
+        assert [bytes(v) for v in aof.read_range(1, 1001)] == expected
+        assert aof.headers(1, 1001).tolist() == [header_of(i) for i in range(1, 1001)]
+
+
+def test_reopen_without_sidecars_rescans_and_rewrites_them(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        expected = fill(aof, 600)
+        segments = len(aof.segment_paths())
+    for name in os.listdir(path):
+        if name.endswith(".idx"):
+            os.unlink(path / name)
+    with open_aof(path) as aof:
+        assert aof.recovery.sidecars_loaded == 0
+        assert aof.recovery.segments_scanned == segments
+        assert [bytes(v) for v in aof.read_range(1, 601)] == expected
+    with open_aof(path) as aof:
+        assert aof.recovery.sidecars_loaded == segments - 1
+
+
+def _assert_sealed_index_exact(aof: Aof) -> None:
+    h = 0 if aof.header_dtype is None else aof.header_dtype.itemsize
+    sealed = aof._segments[:-1]
+    assert sealed, "the test needs sealed segments"
+    for segment in sealed:
+        n = segment.count
+        assert n > 0
+        assert segment.offsets.nbytes == 4 * n, segment.path
+        assert segment.lengths.nbytes == 4 * n, segment.path
+        assert segment.headers.nbytes == h * n, segment.path
+        total = segment.offsets.nbytes + segment.lengths.nbytes + segment.headers.nbytes
+        assert total == (8 + h) * n
+
+
+def test_sealed_segment_index_costs_eight_bytes_per_record_plus_header(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE, autosync=False) as aof:
+        fill(aof, 800, headers=True)
+        aof.sync()
+        _assert_sealed_index_exact(aof)
+    with open_aof(path) as aof:  # from sidecars
+        _assert_sealed_index_exact(aof)
+        for segment in aof._segments[:-1]:
+            assert segment.offsets.base is None  # owns its memory, pins no larger buffer
+    for name in os.listdir(path):
+        if name.endswith(".idx"):
+            os.unlink(path / name)
+    with open_aof(path) as aof:  # from scans
+        _assert_sealed_index_exact(aof)
+
+
+def test_readonly_open_keeps_sealed_index_exact(tmp_path: Path) -> None:
+    """Fails today: a readonly open never trims the scan's slack (recovery.py _scan
+    reserves >= 2048 slots per segment; Aof._init skips _finish_recovery, which trims)."""
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        fill(aof, 800, headers=True)
+    for name in os.listdir(path):
+        if name.endswith(".idx"):
+            os.unlink(path / name)
+    with open_aof(path, readonly=True) as aof:
+        _assert_sealed_index_exact(aof)
+
+
+# -- views, closing, locking -----------------------------------------------------------
+
+
+def test_read_views_stay_valid_after_further_appends(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        aof.append(b"first record")
+        view = aof.read(1)
+        views = aof.read_range(1, 2)
+        fill(aof, 500)  # several segment rolls
+        assert bytes(view) == b"first record"
+        assert bytes(views[0]) == b"first record"
+        assert bytes(aof.read(1)) == b"first record"
+
+
+def test_read_after_close_raises_closed_error(tmp_path: Path) -> None:
+    aof = open_aof(tmp_path / "a", header_dtype=HEADER_DTYPE)
+    aof.append(b"a", (1, 2, 3))
+    aof.close()
+    aof.close()  # idempotent
+    assert aof.closed
+    calls = [
+        lambda: aof.read(1),
+        lambda: aof.read_range(1, 2),
+        lambda: aof.header(1),
+        lambda: aof.headers(1, 2),
+        lambda: aof.payload_lengths(1, 2),
+        lambda: aof.append(b"b"),
+        lambda: aof.append_batch([b"b"]),
+        lambda: aof.sync(),
+        lambda: aof.truncate_before(1),
+        lambda: aof.truncate_after(0),
+        lambda: aof.set_user_meta({}),
+        lambda: aof.on_durable(lambda _: None),
+    ]
+    for call in calls:
+        with pytest.raises(ClosedError):
+            call()
+
+
+def test_context_manager_closes_and_syncs(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, autosync=False) as aof:
+        aof.append(b"kept")
+    assert aof.closed
+    with open_aof(path) as again:
+        assert bytes(again.read(1)) == b"kept"
+
+
+def test_second_open_of_same_path_raises_store_locked(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        aof.append(b"a")
+        with pytest.raises(StoreLockedError) as info:
+            open_aof(path)
+        assert isinstance(info.value, OSError)
+        with pytest.raises(StoreLockedError):
+            open_aof(path, readonly=True)
+        aof.append(b"b")  # the failed open disturbed nothing
+        assert aof.last_index == 2
+    with open_aof(path) as aof:  # the lock is free again after close
+        assert aof.last_index == 2
+
+
+def test_second_open_from_another_process_raises_store_locked(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    script = textwrap.dedent(
+        """
+        import sys
+        from segstore.aof import Aof, FileIO
+        from segstore.errors import StoreLockedError
+        try:
+            Aof.open(sys.argv[1])
+        except StoreLockedError:
+            print("locked")
+        else:
+            print("opened")
+        """
+    )
+    with open_aof(path) as aof:
+        aof.append(b"a")
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "locked"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "opened", result.stderr
+
+
+def test_readonly_open_reads_but_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        expected = fill(aof, 300, headers=True)
+    before = {name: (path / name).read_bytes() for name in os.listdir(path)}
+    with open_aof(path, readonly=True) as aof:
+        assert [bytes(v) for v in aof.read_range(1, 301)] == expected
+        for call in [
+            lambda: aof.append(b"x"),
+            lambda: aof.append_batch([b"x"]),
+            lambda: aof.truncate_before(5),
+            lambda: aof.truncate_after(5),
+            lambda: aof.set_user_meta({"a": 1}),
+        ]:
+            with pytest.raises(InvalidArgumentError):
+                call()
+        assert aof.last_index == 300
+    after = {name: (path / name).read_bytes() for name in os.listdir(path)}
+    assert after == before
+
+
+def test_readonly_open_of_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    from segstore.errors import NotAStoreError
+
+    with pytest.raises(NotAStoreError):
+        Aof.open(tmp_path / "missing", readonly=True)
+    assert not (tmp_path / "missing").exists()
+
+
+# -- metadata ----------------------------------------------------------------------------
+
+
+def test_user_meta_persists(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, user={"term": 1, "voted_for": None}) as aof:
+        assert aof.user_meta == {"term": 1, "voted_for": None}
+        aof.append(b"a")
+        aof.set_user_meta({"term": 2, "voted_for": "n3", "nested": {"k": [1, 2]}})
+        copy = aof.user_meta
+        copy["term"] = 999  # a copy: mutating it changes nothing
+        assert aof.user_meta["term"] == 2
+    with open_aof(path, user={"ignored": True}) as aof:
+        assert aof.user_meta == {"term": 2, "voted_for": "n3", "nested": {"k": [1, 2]}}
+        aof.truncate_after(0)
+        aof.truncate_before(7)
+    with open_aof(path) as aof:  # truncations rewrite the meta but keep user keys
+        assert aof.user_meta["voted_for"] == "n3"
+        assert aof.first_index == 7
+
+
+def test_header_dtype_mismatch_on_reopen_raises_and_harms_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        aof.append(b"a", (1, 2, 3))
+    other = np.dtype([("term", "<u8"), ("kind", "<u2")])
+    with pytest.raises(InvalidArgumentError):
+        open_aof(path, header_dtype=other)
+    with pytest.raises(InvalidArgumentError):
+        open_aof(path, header_dtype=np.dtype([("term", ">u8"), ("kind", "<u2"), ("flags", "u1")]))
+    with open_aof(tmp_path / "plain") as aof:
+        aof.append(b"a")
+    with pytest.raises(InvalidArgumentError):
+        open_aof(tmp_path / "plain", header_dtype=HEADER_DTYPE)
+    with open_aof(path) as aof:  # None adopts the stored dtype
+        assert aof.header_dtype == HEADER_DTYPE
+        assert aof.header(1).tolist() == (1, 2, 3)
+
+
+def test_segment_bytes_is_stored_at_creation(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path, segment_bytes=8192) as aof:
+        fill(aof, 100)
+    with Aof.open(path) as aof:  # no segment_bytes: the stored one
+        fill(aof, 100)
+        sizes = {os.path.getsize(p) for p in aof.segment_paths()}
+        assert sizes == {8192}
