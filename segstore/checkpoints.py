@@ -1,0 +1,422 @@
+"""Durable per-partition progress, kept in LMDB (``<store>/checkpoints.lmdb``).
+
+The partition logs never fsync per append; what the partition layer has made durable is
+recorded here, and an LMDB commit (``sync=True``, ``metasync=True``) is the only fsync
+the partition layer relies on. Every :meth:`CheckpointStore.write` is one write
+transaction, so one commit (two fsyncs inside LMDB) covers any number of partitions.
+
+The environment is opened without ``writemap``: LMDB then writes pages with ``pwrite``,
+so a full disk is an error from the commit rather than a SIGBUS through a mapping.
+
+On-disk layout (the LMDB environment directory holds ``data.mdb`` and ``lock.mdb``):
+
+Named database ``meta`` (store metadata):
+
+========================  =======================================================
+key (ASCII bytes)         value
+========================  =======================================================
+``store_id``              the owning store's id, raw bytes (1 to 255 bytes)
+``format_version``        u32 little-endian, currently 1
+========================  =======================================================
+
+Named database ``partitions`` (one entry per partition):
+
+* key: the partition id as a big-endian u32 (4 bytes), so cursor order is id order;
+* value: 40 bytes, little-endian, struct ``<B7xQQQQ``:
+
+======  =====  ======================  ==============================================
+offset  size   field                   meaning
+======  =====  ======================  ==============================================
+0       1      ``version``             value layout version, currently 1
+1       7      reserved                zero
+8       8      ``durable_index``       u64: highest partition index durable in the
+                                       partition's Aof (0: none)
+16      8      ``durable_raft_index``  u64: raft index of that record (0: none)
+24      8      ``applied_index``       u64: the partition state machine's applied
+                                       partition index (0: none)
+32      8      ``first_index``         u64: the partition log's first retained
+                                       index (>= 1)
+======  =====  ======================  ==============================================
+
+A value of another size, another version or with non-zero reserved bytes is
+reported as :class:`~segstore.errors.CorruptionError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from segstore.errors import (
+    ClosedError,
+    CorruptionError,
+    FailedStateError,
+    FormatVersionError,
+    InvalidArgumentError,
+    NotAStoreError,
+    StorageIOError,
+    StoreLockedError,
+)
+
+CHECKPOINTS_NAME = "checkpoints.lmdb"
+"""Name of the checkpoint environment directory inside a store directory."""
+
+FORMAT_VERSION = 1
+"""Version of the environment as a whole (the ``format_version`` meta entry)."""
+
+VALUE_VERSION = 1
+"""Version byte of every checkpoint value."""
+
+MAP_SIZE_DEFAULT = 1 << 30
+"""LMDB map size: 1 GiB holds tens of millions of 40-byte entries; the file stays sparse."""
+
+STORE_ID_MAX_BYTES = 255
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+_VALUE = struct.Struct("<B7xQQQQ")
+_KEY = struct.Struct(">I")
+_VERSION = struct.Struct("<I")
+_META_DB = b"meta"
+_PARTITIONS_DB = b"partitions"
+_STORE_ID_KEY = b"store_id"
+_FORMAT_VERSION_KEY = b"format_version"
+_RESERVED_OFFSET = 1
+_RESERVED_BYTES = 7
+
+
+def _as_uint(value: object, what: str, maximum: int) -> int:
+    """``value`` as an int in ``[0, maximum]``; bools and non-integers are refused."""
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be an integer, not a bool")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"{what} must be an integer, not {type(value).__name__}"
+        ) from None
+    if not 0 <= number <= maximum:
+        raise InvalidArgumentError(f"{what} must be in [0, {maximum}], not {number}")
+    return int(number)
+
+
+def check_partition_id(partition_id: object) -> int:
+    """``partition_id`` as an int if it is a u32; else :class:`InvalidArgumentError`."""
+    return _as_uint(partition_id, "partition id", U32_MAX)
+
+
+@dataclass(frozen=True)
+class PartitionCheckpoint:
+    """The durable progress of one partition.
+
+    ``durable_index``: highest partition log index durable in the partition's Aof (0 if
+    none); ``durable_raft_index``: raft index of that record (0 if none);
+    ``applied_index``: the partition state machine's applied partition index;
+    ``first_index``: the partition log's first retained index.
+    """
+
+    durable_index: int
+    durable_raft_index: int
+    applied_index: int = 0
+    first_index: int = 1
+
+    def __post_init__(self) -> None:
+        # Validate at construction so a bad checkpoint can never reach a transaction.
+        for name in ("durable_index", "durable_raft_index", "applied_index", "first_index"):
+            object.__setattr__(self, name, _as_uint(getattr(self, name), name, U64_MAX))
+        if self.first_index < 1:
+            raise InvalidArgumentError("first_index must be at least 1 (indices start at 1)")
+
+    def encode(self) -> bytes:
+        """The 40-byte value stored in LMDB (layout in the module docstring)."""
+        return _VALUE.pack(
+            VALUE_VERSION,
+            self.durable_index,
+            self.durable_raft_index,
+            self.applied_index,
+            self.first_index,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, path: str, partition_id: int) -> PartitionCheckpoint:
+        """Parse a stored value; :class:`CorruptionError` if it is not one we wrote."""
+        where = f"checkpoint of partition {partition_id}"
+        if len(data) != _VALUE.size:
+            raise CorruptionError(path, 0, f"{where} has {len(data)} bytes, expected {_VALUE.size}")
+        if data[0] != VALUE_VERSION:
+            raise CorruptionError(
+                path, 0, f"{where} has value version {data[0]}, expected {VALUE_VERSION}"
+            )
+        if any(data[_RESERVED_OFFSET : _RESERVED_OFFSET + _RESERVED_BYTES]):
+            raise CorruptionError(path, 0, f"{where} has non-zero reserved bytes")
+        _, durable, durable_raft, applied, first = _VALUE.unpack(data)
+        if first < 1:
+            raise CorruptionError(path, 0, f"{where} has first_index 0")
+        return cls(durable, durable_raft, applied, first)
+
+
+class CheckpointStore:
+    """Per-partition checkpoints in one LMDB environment, refusing a foreign store's.
+
+    Open with :meth:`CheckpointStore.open`. Thread-safe: LMDB serialises write
+    transactions and reads use their own read-only transactions.
+    """
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        raise TypeError("use CheckpointStore.open(path, store_id=...) to open a CheckpointStore")
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        store_id: bytes,
+        create: bool = True,
+        map_size: int = MAP_SIZE_DEFAULT,
+    ) -> CheckpointStore:
+        """Open (or create) the checkpoint environment directory ``path``.
+
+        ``path`` is the environment directory itself, normally
+        ``<store>/checkpoints.lmdb`` (:data:`CHECKPOINTS_NAME`). ``store_id`` is
+        recorded at creation; opening with another id raises
+        :class:`NotAStoreError`. ``map_size`` bounds the database size; a write that
+        would exceed it raises :class:`StorageIOError` (ENOSPC) and changes nothing.
+        """
+        self = object.__new__(cls)
+        self._init(os.fspath(path), store_id, create, map_size)
+        return self
+
+    def _init(self, path: str, store_id: bytes, create: bool, map_size: int) -> None:
+        self._closed = True
+        self.path = path
+        if not isinstance(store_id, bytes) or not 1 <= len(store_id) <= STORE_ID_MAX_BYTES:
+            raise InvalidArgumentError(
+                f"store_id must be 1 to {STORE_ID_MAX_BYTES} bytes, not {store_id!r}"
+            )
+        map_size = _as_uint(map_size, "map_size", U64_MAX)
+        if map_size < 1 << 16:
+            raise InvalidArgumentError(f"map_size must be at least 64 KiB, not {map_size}")
+        self._check_directory(create)
+        try:
+            env = lmdb.open(
+                path,
+                map_size=map_size,
+                max_dbs=2,
+                subdir=True,
+                create=create,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                readahead=False,
+                max_spare_txns=4,
+            )
+        except lmdb.Error as exc:
+            if "already open in this process" in str(exc):
+                raise StoreLockedError(path) from exc
+            raise NotAStoreError(f"{path} is not a checkpoint store: {exc}") from exc
+        self._env: Any = env
+        self._lock = threading.Lock()
+        self._failure: StorageIOError | None = None
+        self.map_size = map_size
+        try:
+            self._meta = env.open_db(_META_DB, create=True)
+            self._partitions = env.open_db(_PARTITIONS_DB, create=True)
+            self._check_or_record_identity(store_id, create)
+        except BaseException:
+            env.close()
+            raise
+        self.store_id = store_id
+        self._closed = False
+
+    def _check_directory(self, create: bool) -> None:
+        path = self.path
+        if not os.path.exists(path):
+            if not create:
+                raise NotAStoreError(f"{path} does not exist (open with create=True)")
+            return
+        if not os.path.isdir(path):
+            raise NotAStoreError(f"{path} is not a directory")
+        names = set(os.listdir(path))
+        if "data.mdb" not in names and names - {"lock.mdb"}:
+            # Refuse to sprinkle an LMDB environment into someone else's directory.
+            raise NotAStoreError(f"{path} is not a checkpoint store: it has files but no data.mdb")
+
+    def _check_or_record_identity(self, store_id: bytes, create: bool) -> None:
+        name = os.path.basename(os.path.normpath(self.path))
+        with self._env.begin(write=True) as txn:
+            stored_id = txn.get(_STORE_ID_KEY, db=self._meta)
+            if stored_id is None:
+                if not create or txn.stat(self._partitions)["entries"]:
+                    raise NotAStoreError(
+                        f"{self.path} has no store id; it is not a checkpoint store"
+                    )
+                txn.put(_STORE_ID_KEY, store_id, db=self._meta)
+                txn.put(_FORMAT_VERSION_KEY, _VERSION.pack(FORMAT_VERSION), db=self._meta)
+                return
+            stored_id = bytes(stored_id)
+            if stored_id != store_id:
+                raise NotAStoreError(
+                    f"{name} belongs to store {stored_id.hex()}, not {store_id.hex()}"
+                )
+            raw_version = txn.get(_FORMAT_VERSION_KEY, db=self._meta)
+            if raw_version is None or len(raw_version) != _VERSION.size:
+                raise CorruptionError(self.path, 0, "format_version entry is missing or malformed")
+            (version,) = _VERSION.unpack(raw_version)
+            if version != FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{self.path} has checkpoint format version {version}; "
+                    f"this build reads version {FORMAT_VERSION}"
+                )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the environment. Idempotent; every committed write is already durable."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._env.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<CheckpointStore {self.path!r} {state}>"
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(self, partition_id: int) -> PartitionCheckpoint | None:
+        """The checkpoint of ``partition_id``, or None if it has none."""
+        pid = check_partition_id(partition_id)
+        with self._lock:
+            self._check_open()
+            with self._env.begin(db=self._partitions) as txn:
+                raw = txn.get(_KEY.pack(pid))
+                return None if raw is None else PartitionCheckpoint.decode(raw, self.path, pid)
+
+    def read_all(self) -> dict[int, PartitionCheckpoint]:
+        """Every partition's checkpoint, in partition id order."""
+        with self._lock:
+            self._check_open()
+            out: dict[int, PartitionCheckpoint] = {}
+            with self._env.begin(db=self._partitions) as txn:
+                for key, raw in txn.cursor():
+                    if len(key) != _KEY.size:
+                        raise CorruptionError(
+                            self.path, 0, f"partition key {bytes(key).hex()} is not 4 bytes"
+                        )
+                    (pid,) = _KEY.unpack(key)
+                    out[pid] = PartitionCheckpoint.decode(raw, self.path, pid)
+            return out
+
+    # -- writing -------------------------------------------------------------------
+
+    def write(self, updates: Mapping[int, PartitionCheckpoint]) -> None:
+        """Store every checkpoint in ``updates`` in one durable write transaction.
+
+        Either all of them are durable when this returns or, on an error, none is.
+        """
+        if not isinstance(updates, Mapping):
+            raise InvalidArgumentError(
+                f"updates must be a mapping of partition id to PartitionCheckpoint, "
+                f"not {type(updates).__name__}"
+            )
+        # Encode everything before the transaction: bad input must change nothing.
+        items: list[tuple[bytes, bytes]] = []
+        for pid, checkpoint in updates.items():
+            key = _KEY.pack(check_partition_id(pid))
+            if not isinstance(checkpoint, PartitionCheckpoint):
+                raise InvalidArgumentError(
+                    f"checkpoint of partition {pid} must be a PartitionCheckpoint, "
+                    f"not {type(checkpoint).__name__}"
+                )
+            items.append((key, checkpoint.encode()))
+        if not items:
+            return
+        items.sort()  # sequential keys keep LMDB page splits cheap
+
+        def apply(txn: Any) -> None:
+            cursor = txn.cursor(db=self._partitions)
+            cursor.putmulti(items)
+
+        self._write_txn(apply)
+
+    def delete(self, partition_ids: Iterable[int]) -> None:
+        """Remove the checkpoints of ``partition_ids`` (absent ones are ignored)."""
+        if isinstance(partition_ids, (str, bytes)):
+            raise InvalidArgumentError("partition_ids must be an iterable of integers")
+        try:
+            keys = sorted(_KEY.pack(check_partition_id(pid)) for pid in partition_ids)
+        except TypeError:
+            raise InvalidArgumentError("partition_ids must be an iterable of integers") from None
+        if not keys:
+            return
+
+        def apply(txn: Any) -> None:
+            for key in keys:
+                txn.delete(key, db=self._partitions)
+
+        self._write_txn(apply)
+
+    def _write_txn(self, apply: Any) -> None:
+        """Run ``apply(txn)`` in one write transaction and commit it durably.
+
+        A full map aborts before anything is written, so the store keeps working. Any
+        other LMDB error during a write may have come from a failed fsync, after which
+        nothing about the file can be trusted (fsyncgate): the store fails stop.
+        """
+        with self._lock:
+            self._check_open()
+            if self._failure is not None:
+                raise FailedStateError(
+                    self._failure.errno,
+                    f"checkpoint store failed stop after an I/O error ({self._failure}); "
+                    "reopen it to recover",
+                    self.path,
+                ) from self._failure
+            try:
+                with self._env.begin(write=True) as txn:
+                    apply(txn)
+            except lmdb.MapFullError as exc:
+                raise StorageIOError(
+                    errno.ENOSPC,
+                    f"checkpoint store is full (map_size {self.map_size} bytes); "
+                    "nothing was written; reopen with a larger map_size",
+                    self.path,
+                ) from exc
+            except lmdb.Error as exc:
+                self._failure = StorageIOError(errno.EIO, f"LMDB write failed: {exc}", self.path)
+                raise self._failure from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"CheckpointStore {self.path} is closed")
+
+
+__all__ = [
+    "CHECKPOINTS_NAME",
+    "FORMAT_VERSION",
+    "MAP_SIZE_DEFAULT",
+    "VALUE_VERSION",
+    "CheckpointStore",
+    "PartitionCheckpoint",
+    "check_partition_id",
+]
