@@ -18,6 +18,7 @@ TypeError / ValueError for arguments they cannot use (OverflowError for an int b
 2**63). Python code reaches them through ``segstore.aof.kernels``.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.buffer cimport (
     PyBUF_SIMPLE,
     PyBUF_WRITABLE,
@@ -422,6 +423,126 @@ def encode_batch(out, Py_ssize_t out_offset, payloads, const uint32_t[::1] paylo
     return pos
 
 
+cdef inline const unsigned char* _bytes_of(object item, Py_buffer* view, Py_ssize_t* size,
+                                           bint* acquired) except NULL:
+    # bytes, the common case, without the buffer protocol; anything else through it
+    # (then ``acquired`` says the caller must release ``view``).
+    if PyBytes_CheckExact(item):
+        size[0] = PyBytes_GET_SIZE(item)
+        acquired[0] = False
+        return <const unsigned char*>PyBytes_AS_STRING(item)
+    _acquire(item, view, False, "payload")
+    acquired[0] = True
+    size[0] = view.len
+    return <const unsigned char*>view.buf
+
+
+def measure_payloads(payloads, uint32_t[::1] lengths_out):
+    """Fill ``lengths_out`` with the size of each payload of a list or tuple; return the sum.
+
+    Raises TypeError for an item that is not a contiguous byte buffer and ValueError for
+    one over ``PAYLOAD_BYTES_MAX``: callers validate a whole batch before writing any.
+    """
+    if not isinstance(payloads, (list, tuple)):
+        raise TypeError("payloads must be a list or tuple of byte buffers")
+    cdef Py_ssize_t n = len(payloads)
+    if lengths_out.shape[0] < n:
+        raise ValueError(f"lengths_out holds {lengths_out.shape[0]} entries, not {n}")
+    cdef Py_ssize_t k, size
+    cdef uint64_t total = 0
+    cdef Py_buffer view
+    cdef bint acquired
+    for k in range(n):
+        _bytes_of(payloads[k], &view, &size, &acquired)
+        if acquired:
+            PyBuffer_Release(&view)
+        if <uint64_t>size > _U32_MAX:
+            raise ValueError(f"payload {k} has {size} bytes, more than a frame holds")
+        lengths_out[k] = <uint32_t>size
+        total += <uint64_t>size
+    return total
+
+
+def fit_frames(const uint32_t[::1] lengths, Py_ssize_t start, long long header_bytes,
+               long long room_bytes):
+    """How many frames from ``lengths[start:]`` fit in ``room_bytes``: (count, bytes)."""
+    _check_nonneg(header_bytes, "header_bytes")
+    cdef Py_ssize_t k = start
+    cdef uint64_t used = 0, size
+    if start < 0 or start > lengths.shape[0]:
+        raise ValueError(f"start {start} outside {lengths.shape[0]} lengths")
+    while k < lengths.shape[0]:
+        size = _frame_bytes(<uint64_t>header_bytes, lengths[k])
+        if room_bytes < 0 or used + size > <uint64_t>room_bytes:
+            break
+        used += size
+        k += 1
+    return k - start, used
+
+
+def encode_payloads(out, Py_ssize_t out_offset, payloads, Py_ssize_t start,
+                    const uint32_t[::1] payload_lengths, headers, long long header_bytes,
+                    long long first_index, long long epoch, long long durable_index,
+                    long long base_offset, uint32_t[::1] frame_offsets_out):
+    """Like :func:`encode_batch`, straight from a list of payload objects (no join).
+
+    Encodes ``payloads[start:start + n]`` with ``n = len(frame_offsets_out)``, whose
+    sizes ``payload_lengths[start:start + n]`` came from :func:`measure_payloads`;
+    ``headers`` holds their ``n * header_bytes`` header bytes. Holds the GIL: it reads
+    Python objects. Returns the bytes written.
+    """
+    _check_nonneg(header_bytes, "header_bytes")
+    _check_nonneg(first_index, "first_index")
+    _check_u32(epoch, "epoch")
+    _check_nonneg(durable_index, "durable_index")
+    _check_nonneg(base_offset, "base_offset")
+    if not isinstance(payloads, (list, tuple)):
+        raise TypeError("payloads must be a list or tuple of byte buffers")
+    cdef Py_ssize_t n = frame_offsets_out.shape[0]
+    if start < 0 or start + n > len(payloads) or start + n > payload_lengths.shape[0]:
+        raise ValueError(f"records [{start}, {start + n}) outside the batch")
+    cdef uint64_t h = <uint64_t>header_bytes, total = 0, pos = 0, index
+    cdef Py_ssize_t k, size
+    for k in range(start, start + n):
+        total += _frame_bytes(h, payload_lengths[k])
+    if <uint64_t>base_offset + total > _U32_MAX:
+        raise ValueError(f"batch of {total} bytes at file offset {base_offset} would pass "
+                         "the u32 offset range")
+    cdef Py_buffer out_view, headers_view, item_view
+    cdef const unsigned char* payload
+    cdef bint acquired
+    _acquire(headers, &headers_view, False, "headers")
+    try:
+        _acquire(out, &out_view, True, "out")
+        try:
+            if <uint64_t>headers_view.len != h * <uint64_t>n:
+                raise ValueError(f"headers has {headers_view.len} bytes, expected "
+                                 f"{n} records x {h} bytes")
+            if out_offset < 0 or <uint64_t>out_offset + total > <uint64_t>out_view.len:
+                raise ValueError(f"out has {out_view.len} bytes; a {total}-byte batch at "
+                                 f"offset {out_offset} does not fit")
+            for k in range(n):
+                payload = _bytes_of(payloads[start + k], &item_view, &size, &acquired)
+                try:
+                    if <uint64_t>size != payload_lengths[start + k]:
+                        raise ValueError(f"payload {start + k} changed size while encoding")
+                    index = <uint64_t>first_index + <uint64_t>k
+                    frame_offsets_out[k] = <uint32_t>(<uint64_t>base_offset + pos)
+                    pos += _encode(<unsigned char*>out_view.buf + out_offset + pos, payload,
+                                   <uint32_t>size,
+                                   <const unsigned char*>headers_view.buf + h * <uint64_t>k,
+                                   h, index, <uint32_t>epoch,
+                                   _durable_lag(index, <uint64_t>durable_index))
+                finally:
+                    if acquired:
+                        PyBuffer_Release(&item_view)
+        finally:
+            PyBuffer_Release(&out_view)
+    finally:
+        PyBuffer_Release(&headers_view)
+    return pos
+
+
 def scan_segment(segment, Py_ssize_t start_offset, long long expected_index,
                  long long header_bytes, long long meta_epoch, long long epoch_cut,
                  uint32_t[::1] offsets_out, uint32_t[::1] lengths_out, headers_out):
@@ -656,6 +777,43 @@ cdef class RecordReader:
         self._window = base + offset + _HDR + header_bytes
         self._window_bytes = <Py_ssize_t>length
         return PyMemoryView_FromObject(self)
+
+    def read_many(self, object offsets, object lengths, Py_ssize_t start, Py_ssize_t end,
+                  Py_ssize_t header_bytes, long long first_index, bint verify):
+        """Payloads of positions ``[start, end)`` as a list of views (``read_range``).
+
+        Position k holds record ``first_index + k``. Frames are verified in one pass
+        without the GIL first; returns None if any does not check out (call
+        :func:`verify_frames` for which).
+        """
+        if start < 0 or end < start or header_bytes < 0 or first_index < 0:
+            raise ValueError("need 0 <= start <= end, header_bytes >= 0, first_index >= 0")
+        if start == end:
+            return []
+        cdef const uint32_t* offset_column = _u32_column(offsets, end - 1)
+        cdef const uint32_t* length_column = _u32_column(lengths, end - 1)
+        cdef const unsigned char* base = <const unsigned char*>self._source.buf
+        cdef uint64_t size = <uint64_t>self._source.len
+        cdef Py_ssize_t k
+        cdef bint bad = False
+        with nogil:
+            for k in range(start, end):
+                if verify:
+                    if _verify(base, size, offset_column[k], header_bytes,
+                               <uint64_t>(first_index + k), length_column[k]) != _OK:
+                        bad = True
+                        break
+                elif offset_column[k] + _frame_bytes(header_bytes, length_column[k]) > size:
+                    bad = True
+                    break
+        if bad:
+            return None
+        cdef list views = [None] * (end - start)
+        for k in range(start, end):
+            self._window = base + offset_column[k] + _HDR + header_bytes
+            self._window_bytes = <Py_ssize_t>length_column[k]
+            views[k - start] = PyMemoryView_FromObject(self)
+        return views
 
 
 cdef class SegmentIndexBase:

@@ -14,7 +14,7 @@ Determinism:
 - the whole Aof directory ``aof_v1/`` is written by the real engine (``Aof.open``) with
   ``Meta.new_store_id`` patched to return :data:`STORE_ID`, ``autosync=False`` (so the
   durable lag in every frame depends only on the explicit calls below, never on a
-  background flusher's timing) and a fixed sequence of calls. ``LOCK`` and ``spare.tmp``
+  background flusher's timing) and a fixed sequence of calls. ``LOCK`` and the spare files
   are left out: they are not part of the format's content.
 """
 
@@ -195,7 +195,7 @@ def write_aof_directory(path: Path) -> None:
         aof.set_user_meta(AOF_USER_META)
         if len(aof.segment_paths()) != 2 or aof.last_index != AOF_LAST_INDEX:
             raise RuntimeError(f"expected 2 segments, got {aof.segment_paths()}")
-    for name in ("LOCK", "spare.tmp"):
+    for name in ("LOCK", "spare.0.tmp", "spare.1.tmp"):
         with_path = path / name
         if with_path.exists():
             with_path.unlink()

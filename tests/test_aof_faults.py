@@ -174,16 +174,15 @@ def test_background_flusher_failure_is_seen_by_next_append(tmp_path: Path) -> No
 
 def test_enospc_preparing_new_segment(tmp_path: Path) -> None:
     # DESIGN "Faults": ENOSPC while preallocating the next segment must fail only the
-    # append that needs it (StorageIOError, nothing damaged: preallocate.SpareSegment.take
+    # append that needs it (StorageIOError, nothing damaged: preallocate.SparePool.take
     # says "nothing is damaged then and a later call tries again"); the store keeps
     # working once space is back, with no gap in the indices.
     with open_aof(tmp_path) as aof:
         append_range(aof, 1, 3)
-    spare = tmp_path / "spare.tmp"
-    if spare.exists():
+    for spare in tmp_path.glob("spare.*.tmp"):
         spare.unlink()  # no spare left over: the next one must be prepared under ENOSPC
     io = FaultyIO(real_sync=False)
-    io.fail_write("spare.tmp", errno=errno.ENOSPC, times=None)
+    io.fail_write("spare.", errno=errno.ENOSPC, times=None)
     aof = open_aof(tmp_path, io)
     next_index = 3
     segments = len(aof.segment_paths())
@@ -215,11 +214,10 @@ def test_enospc_preparing_new_segment_then_reopen_and_fill(tmp_path: Path) -> No
     # reopened and written further, must still open with every durable record.
     with open_aof(tmp_path) as aof:
         append_range(aof, 1, 3)
-    spare = tmp_path / "spare.tmp"
-    if spare.exists():
+    for spare in tmp_path.glob("spare.*.tmp"):
         spare.unlink()
     io = FaultyIO(real_sync=False)
-    io.fail_write("spare.tmp", errno=errno.ENOSPC, times=None)
+    io.fail_write("spare.", errno=errno.ENOSPC, times=None)
     aof = open_aof(tmp_path, io)
     index = 3
     with pytest.raises(StorageIOError):

@@ -4,6 +4,7 @@ Hand-written, as asyncpg does, so ``mypy --strict`` checks the Python layer agai
 compiled one. Keep in step with the ``def`` signatures in ``_ext/records.pyx``.
 """
 
+from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
 import numpy as np
@@ -65,6 +66,32 @@ def encode_batch(
 ) -> int:
     """Write n frames back to back at ``out[out_offset:]``; return the bytes written."""
 
+def measure_payloads(
+    payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]
+) -> int:
+    """Fill ``lengths_out`` with each payload's size; return the sum."""
+
+def fit_frames(
+    lengths: npt.NDArray[np.uint32], start: int, header_bytes: int, room_bytes: int
+) -> tuple[int, int]:
+    """How many frames from ``lengths[start:]`` fit in ``room_bytes``: (count, bytes)."""
+
+def encode_payloads(
+    out: BufferLike,
+    out_offset: int,
+    payloads: Sequence[BufferLike],
+    start: int,
+    payload_lengths: npt.NDArray[np.uint32],
+    headers: BufferLike,
+    header_bytes: int,
+    first_index: int,
+    epoch: int,
+    durable_index: int,
+    base_offset: int,
+    frame_offsets_out: npt.NDArray[np.uint32],
+) -> int:
+    """Encode ``payloads[start:start + n]`` as frames; return the bytes written."""
+
 def scan_segment(
     segment: BufferLike,
     start_offset: int,
@@ -125,6 +152,17 @@ class RecordReader:
         verify: bool,
     ) -> memoryview | None:
         """The payload at ``position``; None if the frame does not check out."""
+    def read_many(
+        self,
+        offsets: npt.NDArray[np.uint32],
+        lengths: npt.NDArray[np.uint32],
+        start: int,
+        end: int,
+        header_bytes: int,
+        first_index: int,
+        verify: bool,
+    ) -> list[memoryview] | None:
+        """Payloads of positions [start, end); None if any frame does not check out."""
 
 class SegmentIndexBase:
     """The index fields of a segment, readable from C by ReadPath."""

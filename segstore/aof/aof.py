@@ -22,13 +22,11 @@ import numpy.typing as npt
 from segstore.aof import kernels
 from segstore.aof.fileio import FileIO
 from segstore.aof.format import (
-    FRAME_HEADER_BYTES,
     LOCK_NAME,
     META_NAME,
     SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN,
     SEGMENT_HEADER_BYTES,
-    SPARE_NAME,
     TEMP_SUFFIX,
     Meta,
     SegmentHeader,
@@ -37,9 +35,10 @@ from segstore.aof.format import (
 from segstore.aof.group_commit import DurableCallback, GroupCommit
 from segstore.aof.preallocate import (
     PREALLOCATE_MODES,
+    SPARE_NAMES,
     TRASH_SUFFIX,
     PreallocateMode,
-    SpareSegment,
+    SparePool,
 )
 from segstore.aof.recovery import RecoveryReport, recover
 from segstore.aof.segment import Segment
@@ -54,6 +53,7 @@ from segstore.errors import (
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
 VERIFY_CHUNK_RECORDS = 1 << 16
+AUTOSYNC_LINGER_S = 0.0005  # about one fdatasync on this class of disk; see ARCHITECTURE.md
 Payload = bytes | bytearray | memoryview
 
 
@@ -94,6 +94,7 @@ class Aof:
         segment_bytes: int | None = None,
         create: bool = True,
         autosync: bool = True,
+        autosync_linger_s: float = AUTOSYNC_LINGER_S,
         preallocate: PreallocateMode = "zero",
         verify_reads: bool = True,
         readonly: bool = False,
@@ -107,6 +108,8 @@ class Aof:
         ``segment_bytes``: capacity of new segment files (default 64 MiB).
         ``autosync``: a background flusher syncs whatever is appended (group commit);
         without it records become durable only through :meth:`sync`.
+        ``autosync_linger_s``: how long the flusher waits after an append before it
+        syncs, so that callers of :meth:`sync` and bursts of appends share one flush.
         ``preallocate``: ``"zero"`` fills new segments with zeros ahead of need (cheaper
         fdatasync), ``"sparse"`` only sizes them.
         ``verify_reads``: check each record's CRC32C when it is read.
@@ -121,6 +124,7 @@ class Aof:
             segment_bytes=segment_bytes,
             create=create,
             autosync=autosync,
+            autosync_linger_s=autosync_linger_s,
             preallocate=preallocate,
             verify_reads=verify_reads,
             readonly=readonly,
@@ -137,6 +141,7 @@ class Aof:
         segment_bytes: int | None,
         create: bool,
         autosync: bool,
+        autosync_linger_s: float,
         preallocate: PreallocateMode,
         verify_reads: bool,
         readonly: bool,
@@ -181,12 +186,12 @@ class Aof:
             if self._last_index < self._first_index - 1:
                 self._last_index = self._first_index - 1
             self._commit = GroupCommit(self._flush_io, lambda: self._last_index, self._last_index)
-            self._spare = SpareSegment(io, path, self._segment_bytes, preallocate)
+            self._spare = SparePool(io, path, self._segment_bytes, preallocate)
             self._closed = False
             if not readonly:
                 self._finish_recovery(recovered.doomed)
                 if autosync:
-                    self._commit.start_background()
+                    self._commit.start_background(autosync_linger_s)
             self.recovery_seconds = time.perf_counter() - started
         except BaseException:
             self._release_all()
@@ -240,7 +245,7 @@ class Aof:
         for name in self._io.listdir(self.path):
             if name.endswith(TRASH_SUFFIX):
                 self._spare.delete_later(os.path.join(self.path, name))  # large: slow unlink
-            elif name.endswith(TEMP_SUFFIX) and name != SPARE_NAME:
+            elif name.endswith(TEMP_SUFFIX) and name not in SPARE_NAMES:
                 self._io.unlink(os.path.join(self.path, name))
         for segment in doomed:
             self._remove_segment_files(segment)
@@ -438,48 +443,36 @@ class Aof:
     def append_batch(self, payloads: Sequence[Payload], headers: Any = None) -> int:
         """Append records in order with one write per segment; return the last index.
 
-        ``headers``: a numpy array of the header dtype with one row per payload, or None.
+        ``payloads``: a list or tuple of byte buffers. ``headers``: a numpy array of the
+        header dtype with one row per payload, or None. The whole batch is checked
+        before anything is written.
         """
-        if isinstance(payloads, (bytes, bytearray, memoryview, str)) or not isinstance(
-            payloads, Sequence
-        ):
-            raise InvalidArgumentError(
-                f"payloads must be a sequence of byte buffers, not {type(payloads).__name__}"
-            )
+        if not isinstance(payloads, (list, tuple)):
+            payloads = _as_payload_list(payloads)
         count = len(payloads)
         if count == 0:
             raise InvalidArgumentError("append_batch needs at least one payload")
+        lengths = np.empty(count, np.uint32)
         try:
-            joined = b"".join(payloads)
-            lengths = np.fromiter(map(len, payloads), np.uint32, count)
-        except TypeError as exc:
+            kernels.measure_payloads(payloads, lengths)
+        except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"payloads must be byte buffers: {exc}") from None
-        if int(lengths.sum(dtype=np.uint64)) != len(joined):
-            raise InvalidArgumentError("payloads must be flat byte buffers (itemsize 1)")
         header_table = self._header_table(headers, count)
-        sizes = (FRAME_HEADER_BYTES + self._header_bytes + lengths.astype(np.int64) + 7) & ~7
-        largest = int(sizes.max())
-        self._check_fits(largest)
+        self._check_fits(kernels.frame_bytes(self._header_bytes, int(lengths.max())))
         with self._write_lock:
             self._check_writable()
             done = 0
-            payload_start = 0
             while done < count:
-                segment = self._segment_with_room(int(sizes[done]))
-                ends = np.cumsum(sizes[done:])
-                take = int(np.searchsorted(ends, segment.free_bytes, side="right"))
-                chunk_bytes = int(ends[take - 1])
-                chunk_lengths = lengths[done : done + take]
-                payload_end = payload_start + int(chunk_lengths.sum(dtype=np.uint64))
+                segment = self._segment_with_room(
+                    kernels.frame_bytes(self._header_bytes, int(lengths[done]))
+                )
+                take, chunk_bytes = kernels.fit_frames(
+                    lengths, done, self._header_bytes, segment.free_bytes
+                )
                 self._append_chunk(
-                    segment,
-                    memoryview(joined)[payload_start:payload_end],
-                    chunk_lengths,
-                    header_table[done * self._header_bytes : (done + take) * self._header_bytes],
-                    chunk_bytes,
+                    segment, payloads, done, take, lengths, header_table, chunk_bytes
                 )
                 done += take
-                payload_start = payload_end
             last = self._last_index
         self._commit.nudge()
         return last
@@ -487,23 +480,28 @@ class Aof:
     def _append_chunk(
         self,
         segment: Segment,
-        payloads: memoryview,
+        payloads: list[Payload] | tuple[Payload, ...],
+        done: int,
+        take: int,
         lengths: npt.NDArray[np.uint32],
-        headers: npt.NDArray[np.uint8],
+        header_table: npt.NDArray[np.uint8],
         chunk_bytes: int,
     ) -> None:
-        take = len(lengths)
+        """Encode payloads ``[done, done + take)`` and write them in one pwrite."""
+        h = self._header_bytes
         start = segment.count
         segment.reserve(take)
         scratch = self._scratch_of(chunk_bytes)
         offset = segment.end_offset
-        kernels.encode_batch(
+        headers = header_table[done * h : (done + take) * h]
+        kernels.encode_payloads(
             scratch,
             0,
             payloads,
+            done,
             lengths,
             headers,
-            self._header_bytes,
+            h,
             self._last_index + 1,
             self._meta.epoch,
             self._commit.durable_index,
@@ -511,9 +509,8 @@ class Aof:
             segment.offsets[start : start + take],
         )
         self._write(segment, memoryview(scratch)[:chunk_bytes])
-        segment.lengths[start : start + take] = lengths
-        if self._header_bytes:
-            h = self._header_bytes
+        segment.lengths[start : start + take] = lengths[done : done + take]
+        if h:
             segment.headers[start * h : (start + take) * h] = headers
         segment.count = start + take
         segment.end_offset = offset + chunk_bytes
@@ -739,22 +736,29 @@ class Aof:
         out: list[memoryview] = []
         h = self._header_bytes
         for segment, lo, hi in self._spans(start, end):
-            view = segment.view()
-            offsets = segment.offsets[lo:hi]
-            lengths = segment.lengths[lo:hi]
-            if self._verify_reads:
-                bad, status = kernels.verify_frames(
-                    view, offsets, lengths, h, segment.first_index + lo
-                )
-                if bad >= 0:
-                    kernels.raise_for_frame_status(
-                        status, segment.path, int(offsets[bad]), segment.first_index + lo + bad
-                    )
-            skip = FRAME_HEADER_BYTES + h
-            out.extend(
-                view[o + skip : o + skip + n]
-                for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)
+            views = segment.map_reader().read_many(
+                segment.offsets,
+                segment.lengths,
+                lo,
+                hi,
+                h,
+                segment.first_index,
+                self._verify_reads,
             )
+            if views is None:
+                offsets = segment.offsets[lo:hi]
+                bad, status = kernels.verify_frames(
+                    segment.view(), offsets, segment.lengths[lo:hi], h, segment.first_index + lo
+                )
+                kernels.raise_for_frame_status(
+                    status or kernels.FRAME_OUT_OF_BOUNDS,
+                    segment.path,
+                    int(offsets[max(bad, 0)]),
+                    segment.first_index + lo + max(bad, 0),
+                    segment=segment.view(),
+                )
+            else:
+                out.extend(views)
         return out
 
     def headers(self, start: int, end: int) -> npt.NDArray[Any]:
@@ -943,6 +947,16 @@ class Aof:
         if len(self._scratch) < size:
             self._scratch = bytearray(max(size, 2 * len(self._scratch)))
         return self._scratch
+
+
+def _as_payload_list(payloads: Any) -> list[Payload]:
+    if isinstance(payloads, (bytes, bytearray, memoryview, str)) or not isinstance(
+        payloads, Sequence
+    ):
+        raise InvalidArgumentError(
+            f"payloads must be a list or tuple of byte buffers, not {type(payloads).__name__}"
+        )
+    return list(payloads)
 
 
 def _payload_view(payload: Payload) -> memoryview:

@@ -101,10 +101,6 @@ class FileIO:
         with _os_errors(path):
             return os.fstat(fd).st_size
 
-    def zero_fill(self, fd: int, size: int, path: str) -> None:
-        """Write zero bytes over ``[0, size)`` so later overwrites allocate nothing."""
-        self.zero_range(fd, 0, size, path)
-
     def zero_range(self, fd: int, start: int, end: int, path: str) -> None:
         """Write zero bytes over ``[start, end)``."""
         zeros = bytes(min(ZERO_FILL_CHUNK_BYTES, max(end - start, 0)))

@@ -26,7 +26,6 @@ SIDECAR_MAGIC = b"SGAOFIDX"
 
 META_NAME = "aof.meta"
 LOCK_NAME = "LOCK"
-SPARE_NAME = "spare.tmp"
 SEGMENT_SUFFIX = ".seg"
 SIDECAR_SUFFIX = ".idx"
 TEMP_SUFFIX = ".tmp"

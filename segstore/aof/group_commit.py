@@ -10,6 +10,7 @@ past a failed fdatasync and every later request raises.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from segstore.errors import FailedStateError, StorageIOError
@@ -124,12 +125,21 @@ class GroupCommit:
 
     # -- background flushing -------------------------------------------------------
 
-    def start_background(self) -> None:
-        """Flush in a background thread whenever :meth:`nudge` says there is work."""
+    def start_background(self, linger_s: float) -> None:
+        """Flush in a background thread whenever :meth:`nudge` says there is work.
+
+        After a nudge the thread lingers ``linger_s`` first: a writer that calls
+        :meth:`sync` itself meanwhile covers the records with no thread handoff, and
+        writers that never wait get their records flushed together.
+        """
 
         def run() -> None:
             while True:
                 self._wakeup.wait()
+                if self._stopping:
+                    return
+                if linger_s > 0:
+                    time.sleep(linger_s)
                 self._wakeup.clear()
                 if self._stopping:
                     return

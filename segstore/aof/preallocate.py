@@ -1,13 +1,21 @@
-"""Segment files off the hot path: the spare, recycling, and deferred deletion.
+"""Segment files off the hot path: a small pool of spares, recycling, gentle deletion.
 
-A spare file (``spare.tmp``) is kept at full capacity ahead of need, so rolling over to
-a new segment costs a header write and a rename. With ``"zero"`` a new spare is filled
-with written zeros and fdatasync'd, so later fdatasyncs overwrite blocks instead of
-allocating them (docs/PERFORMANCE.md measures the difference); ``"sparse"`` only sets
-the size. A segment dropped by truncation becomes the next spare when one is wanted
-(its blocks are already written, so it is as good as a zeroed file and costs no I/O);
-otherwise it is renamed aside and unlinked by a background thread, because unlinking
-a large written file is slow on a filesystem mounted with ``discard``.
+Spare files (``spare.0.tmp``, ``spare.1.tmp``) are kept at full capacity ahead of need,
+so rolling over to a new segment costs a header write and a rename. A new spare is
+filled with written zeros (``preallocate="zero"``), so later fdatasyncs overwrite
+blocks instead of allocating them (docs/PERFORMANCE.md measures the difference);
+``"sparse"`` only sets the size.
+
+Two ext4 behaviours shape the rest (measured in docs/PERFORMANCE.md):
+
+- In ``data=ordered`` mode a journal commit waits for every dirty block allocated in
+  it, so a foreground fsync would wait for a whole 64 MiB zero fill. The fill is
+  therefore written and fdatasync'd a few MiB at a time.
+- With the ``discard`` mount option, freeing a large file's blocks stalls the next
+  commit for tens of milliseconds. A segment dropped by truncation therefore becomes a
+  spare when a pool slot is free (its blocks are written already, so it is as good as
+  a zeroed file and costs no I/O); otherwise it is renamed aside and shrunk gradually
+  by a background thread before its unlink.
 
 Stale frames in a recycled file are harmless: the scanner treats a checked frame whose
 index is below the expected one as STALE, and the epoch rule kills the rest
@@ -23,16 +31,27 @@ import threading
 from typing import Literal
 
 from segstore.aof.fileio import FileIO
-from segstore.aof.format import SPARE_NAME, TEMP_SUFFIX, segment_name
+from segstore.aof.format import TEMP_SUFFIX, segment_name
 from segstore.errors import StorageIOError
 
 PreallocateMode = Literal["zero", "sparse"]
 PREALLOCATE_MODES: tuple[PreallocateMode, ...] = ("zero", "sparse")
 TRASH_SUFFIX = ".trash" + TEMP_SUFFIX
+SPARE_SLOTS = 2
+FILL_SYNC_BYTES = 4 << 20  # fdatasync the zero fill this often (see the module docstring)
+SHRINK_STEP_BYTES = 8 << 20  # free a trash file's blocks this much at a time
 
 
-class SpareSegment:
-    """Keeps one spare segment file ready; recycles and deletes retired segments."""
+def spare_name(slot: int) -> str:
+    """File name of spare slot ``slot``."""
+    return f"spare.{slot}{TEMP_SUFFIX}"
+
+
+SPARE_NAMES = frozenset(spare_name(slot) for slot in range(SPARE_SLOTS))
+
+
+class SparePool:
+    """Keeps spare segment files ready; recycles and deletes retired segments."""
 
     def __init__(
         self, io: FileIO, directory: str, capacity_bytes: int, mode: PreallocateMode
@@ -41,64 +60,74 @@ class SpareSegment:
         self._directory = directory
         self._capacity_bytes = capacity_bytes
         self._mode = mode
-        self._path = os.path.join(directory, SPARE_NAME)
+        self._ready = [
+            self._size_of(self._path(slot)) == capacity_bytes for slot in range(SPARE_SLOTS)
+        ]
+        self._preparing: int | None = None
         self._thread: threading.Thread | None = None
         self._error: StorageIOError | None = None
-        self._ready = False
         self._doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._deleter: threading.Thread | None = None
 
     def start(self) -> None:
         """Begin preparing a spare in the background if none is ready or underway."""
-        if self._ready or self._thread is not None:
+        if any(self._ready) or self._thread is not None:
             return
         self._error = None
+        self._preparing = self._ready.index(False)
         self._thread = threading.Thread(
-            target=self._prepare_guarded, name="segstore-prealloc", daemon=True
+            target=self._prepare_guarded,
+            args=(self._preparing,),
+            name="segstore-prealloc",
+            daemon=True,
         )
         self._thread.start()
 
     def take(self, first_index: int, header: bytes) -> tuple[int, str]:
-        """The spare as segment ``first_index``: header written, renamed; (fd, path).
+        """A spare as segment ``first_index``: header written, renamed; (fd, path).
 
         The header and the rename are made durable by the next flush. Raises
         :class:`StorageIOError` (ENOSPC, say) if no spare could be made; nothing is
         damaged then and a later call tries again.
         """
-        self._wait()
-        if not self._ready:
-            self._prepare_guarded()
+        if not any(self._ready):
+            self._wait()
+        if not any(self._ready):
+            self._prepare_guarded(self._ready.index(False))
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
+        slot = self._ready.index(True)
+        path = self._path(slot)
         final = os.path.join(self._directory, segment_name(first_index))
-        fd = self._io.open(self._path, os.O_RDWR)
+        fd = self._io.open(path, os.O_RDWR)
         try:
-            self._io.write_all(fd, header, 0, self._path)
-            self._io.rename(self._path, final)
+            self._io.write_all(fd, header, 0, path)
+            self._io.rename(path, final)
         except BaseException:
-            self._io.close(fd, self._path)
+            self._io.close(fd, path)
             raise
-        self._ready = False
+        self._ready[slot] = False
         return fd, final
 
     def retire(self, path: str) -> None:
-        """Take a segment file out of the log: recycle it as the spare, or delete it.
+        """Take a segment file out of the log: keep it as a spare, or delete it gently.
 
-        Only renames happen here; the caller fsyncs the directory. Deletion runs on a
-        background thread.
+        Only renames happen here; the caller fsyncs the directory.
         """
-        self._wait()
-        if not self._ready and self._size_of(path) == self._capacity_bytes:
-            self._io.rename(path, self._path)
-            self._ready = True
+        free = [
+            slot for slot in range(SPARE_SLOTS) if not self._ready[slot] and slot != self._preparing
+        ]
+        if free and self._size_of(path) == self._capacity_bytes:
+            self._io.rename(path, self._path(free[0]))
+            self._ready[free[0]] = True
             return
         trash = path + TRASH_SUFFIX
         self._io.rename(path, trash)
         self.delete_later(trash)
 
     def delete_later(self, path: str) -> None:
-        """Unlink ``path`` on the background deleter thread."""
+        """Shrink and unlink ``path`` on the background deleter thread."""
         if self._deleter is None:
             self._deleter = threading.Thread(
                 target=self._delete_loop, name="segstore-deleter", daemon=True
@@ -107,14 +136,18 @@ class SpareSegment:
         self._doomed.put(path)
 
     def close(self) -> None:
-        """Wait for background work; the spare file stays for the next open."""
+        """Wait for background work; spare files stay for the next open."""
         self._wait()
         if self._deleter is not None:
             self._doomed.put(None)
             self._deleter.join()
             self._deleter = None
 
-    def _size_of(self, path: str) -> int:
+    def _path(self, slot: int) -> str:
+        return os.path.join(self._directory, spare_name(slot))
+
+    @staticmethod
+    def _size_of(path: str) -> int:
         try:
             return os.stat(path).st_size
         except OSError:
@@ -124,33 +157,49 @@ class SpareSegment:
         while (path := self._doomed.get()) is not None:
             # On failure the file is left for the next open, which deletes every *.tmp.
             with contextlib.suppress(StorageIOError):
-                self._io.unlink(path)
+                self._shrink_and_unlink(path)
+
+    def _shrink_and_unlink(self, path: str) -> None:
+        size = self._size_of(path)
+        if size > SHRINK_STEP_BYTES:
+            fd = self._io.open(path, os.O_RDWR)
+            try:
+                while size > SHRINK_STEP_BYTES:
+                    size -= SHRINK_STEP_BYTES
+                    self._io.set_size(fd, size, path)
+            finally:
+                self._io.close(fd, path)
+        self._io.unlink(path)
 
     def _wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def _prepare_guarded(self) -> None:
+    def _prepare_guarded(self, slot: int) -> None:
+        path = self._path(slot)
         try:
-            self._prepare()
-            self._ready = True
+            self._prepare(path)
+            self._ready[slot] = True
         except StorageIOError as exc:
             self._error = exc
             # A half-made spare left behind is resized by the next attempt.
             with contextlib.suppress(StorageIOError):
-                self._io.unlink(self._path)
-
-    def _prepare(self) -> None:
-        fd = self._io.open(self._path, os.O_RDWR | os.O_CREAT)
-        try:
-            if self._io.file_size(fd, self._path) == self._capacity_bytes:
-                return  # left ready by an earlier session
-            self._io.set_size(fd, 0, self._path)
-            if self._mode == "zero":
-                self._io.zero_fill(fd, self._capacity_bytes, self._path)
-            else:
-                self._io.set_size(fd, self._capacity_bytes, self._path)
-            self._io.fdatasync(fd, self._path)
+                self._io.unlink(path)
         finally:
-            self._io.close(fd, self._path)
+            self._preparing = None
+
+    def _prepare(self, path: str) -> None:
+        fd = self._io.open(path, os.O_RDWR | os.O_CREAT)
+        try:
+            self._io.set_size(fd, 0, path)
+            if self._mode == "zero":
+                for start in range(0, self._capacity_bytes, FILL_SYNC_BYTES):
+                    end = min(start + FILL_SYNC_BYTES, self._capacity_bytes)
+                    self._io.zero_range(fd, start, end, path)
+                    self._io.fdatasync(fd, path)
+            else:
+                self._io.set_size(fd, self._capacity_bytes, path)
+                self._io.fdatasync(fd, path)
+        finally:
+            self._io.close(fd, path)

@@ -205,7 +205,7 @@ class FaultyIO(FileIO):
         times: int | None = 1,
         after: int = 0,
     ) -> None:
-        """Make ``pwrite`` (and so ``zero_fill`` and ``write_all``) fail."""
+        """Make ``pwrite`` (and so ``zero_range`` and ``write_all``) fail."""
         self.fail("pwrite", path_substring, errno, times, after)
 
     def fail_rename(
