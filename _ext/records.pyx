@@ -18,7 +18,12 @@ TypeError / ValueError for arguments they cannot use (OverflowError for an int b
 2**63). Python code reaches them through ``segstore.aof.kernels``.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from cpython.buffer cimport (
     PyBUF_SIMPLE,
     PyBUF_WRITABLE,
@@ -779,11 +784,13 @@ cdef class RecordReader:
         return PyMemoryView_FromObject(self)
 
     def read_many(self, object offsets, object lengths, Py_ssize_t start, Py_ssize_t end,
-                  Py_ssize_t header_bytes, long long first_index, bint verify):
-        """Payloads of positions ``[start, end)`` as a list of views (``read_range``).
+                  Py_ssize_t header_bytes, long long first_index, bint verify,
+                  bint copy=False):
+        """Payloads of positions ``[start, end)`` as a list (``read_range``).
 
-        Position k holds record ``first_index + k``. Frames are verified in one pass
-        without the GIL first; returns None if any does not check out (call
+        Views of the mapping, or ``bytes`` copies with ``copy`` (cheaper than a view for
+        small records). Position k holds record ``first_index + k``. Frames are verified
+        in one pass without the GIL first; returns None if any does not check out (call
         :func:`verify_frames` for which).
         """
         if start < 0 or end < start or header_bytes < 0 or first_index < 0:
@@ -808,11 +815,25 @@ cdef class RecordReader:
                     break
         if bad:
             return None
+        cdef list copies
+        cdef const unsigned char* payload
+        if copy:
+            copies = [None] * (end - start)
+            for k in range(start, end):
+                payload = base + offset_column[k] + _HDR + header_bytes
+                copies[k - start] = PyBytes_FromStringAndSize(
+                    <const char*>payload, <Py_ssize_t>length_column[k])
+            return copies
+        # One exported view of the whole segment; its slices share its managed buffer,
+        # which halves the cost of each record's view.
+        self._window = base
+        self._window_bytes = self._source.len
+        cdef object whole = PyMemoryView_FromObject(self)
         cdef list views = [None] * (end - start)
+        cdef Py_ssize_t first_byte
         for k in range(start, end):
-            self._window = base + offset_column[k] + _HDR + header_bytes
-            self._window_bytes = <Py_ssize_t>length_column[k]
-            views[k - start] = PyMemoryView_FromObject(self)
+            first_byte = offset_column[k] + _HDR + header_bytes
+            views[k - start] = whole[first_byte:first_byte + <Py_ssize_t>length_column[k]]
         return views
 
 

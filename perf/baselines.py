@@ -606,8 +606,13 @@ class SegstoreLog(_ContextMixin):
         return int(self._aof.last_index)
 
     def read_range(self, start: int, end: int) -> Sequence[Buffer]:
-        """Records ``[start, end)`` via ``Aof.read_range``."""
-        result: Sequence[Buffer] = self._aof.read_range(start, end)
+        """Records ``[start, end)`` as ``bytes``, like every baseline's read_range.
+
+        ``Aof.read_range(copy=True)``: the like-for-like comparison. The zero-copy form
+        (a memoryview per record) costs more per record in CPython than copying a
+        256-byte payload; docs/PERFORMANCE.md reports both.
+        """
+        result: Sequence[Buffer] = self._aof.read_range(start, end, copy=True)
         return result
 
     def close(self) -> None:

@@ -503,3 +503,36 @@ def test_corruption_error_leaves_files_untouched(tmp_path: Path) -> None:
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "LOCK"}
     assert after == before
     assert os.path.exists(segment)
+
+
+def test_sidecar_left_by_truncate_after_is_gone_before_the_next_rollover(
+    tmp_path: Path,
+) -> None:
+    # R1/R5: truncate_after into a sealed segment leaves its sidecar describing records
+    # that no longer exist. If a successor appeared while that sidecar was still on
+    # disk, a power loss before the flush rewrote it would make R1 trust it and the
+    # store would not open. The rollover must remove it first.
+    build(tmp_path, 150)
+    segments = segment_files(tmp_path)
+    assert len(segments) >= 3
+    cut = int(segments[1].stem) + 3  # inside the second, sealed segment
+    io = FaultyIO(real_sync=False)
+    aof = open_aof(tmp_path, io)
+    aof.truncate_after(cut)
+    assert segments[1].with_suffix(".idx").exists()  # left alone: cheap truncation
+    index = cut + 1
+    while len(aof.segment_paths()) == 2:  # fill it with shorter records until it rolls over
+        aof.append(payload_for(index)[:7], header_for(index))
+        index += 1
+    assert not segments[1].with_suffix(".idx").exists()
+    io.crash_before("open", ".idx")  # power goes before the flush writes the new sidecar
+    with suppress(SegstoreError):
+        aof.sync()
+    with suppress(SegstoreError):
+        aof.close()
+    with open_aof(tmp_path) as reopened:
+        assert reopened.last_index >= index - 2  # the sealed segment was synced at rollover
+        assert_intact(reopened, 1, cut + 1)
+        assert [bytes(v) for v in reopened.read_range(cut + 1, index - 1)] == [
+            payload_for(i)[:7] for i in range(cut + 1, index - 1)
+        ]

@@ -66,9 +66,7 @@ def encode_batch(
 ) -> int:
     """Write n frames back to back at ``out[out_offset:]``; return the bytes written."""
 
-def measure_payloads(
-    payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]
-) -> int:
+def measure_payloads(payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]) -> int:
     """Fill ``lengths_out`` with each payload's size; return the sum."""
 
 def fit_frames(
@@ -161,7 +159,8 @@ class RecordReader:
         header_bytes: int,
         first_index: int,
         verify: bool,
-    ) -> list[memoryview] | None:
+        copy: bool = False,
+    ) -> list[memoryview] | list[bytes] | None:
         """Payloads of positions [start, end); None if any frame does not check out."""
 
 class SegmentIndexBase:
