@@ -17,6 +17,9 @@ key (ASCII bytes)         value
 ========================  =======================================================
 ``store_id``              the owning store's id, raw bytes (1 to 255 bytes)
 ``format_version``        u32 little-endian, currently 1
+``routed_raft_index``     u64 little-endian: every log record up to this raft index
+                          was routed to its partition log and checkpointed
+                          (absent: 0)
 ========================  =======================================================
 
 Named database ``partitions`` (one entry per partition):
@@ -89,6 +92,8 @@ _META_DB = b"meta"
 _PARTITIONS_DB = b"partitions"
 _STORE_ID_KEY = b"store_id"
 _FORMAT_VERSION_KEY = b"format_version"
+_ROUTED_KEY = b"routed_raft_index"
+_U64 = struct.Struct("<Q")
 _RESERVED_OFFSET = 1
 _RESERVED_BYTES = 7
 
@@ -327,13 +332,36 @@ class CheckpointStore:
                     out[pid] = PartitionCheckpoint.decode(raw, self.path, pid)
             return out
 
+    def routed_raft_index(self) -> int:
+        """The raft index up to which every log record was routed and checkpointed."""
+        with self._lock:
+            self._check_open()
+            with self._env.begin(db=self._meta) as txn:
+                raw = txn.get(_ROUTED_KEY)
+        if raw is None:
+            return 0
+        if len(raw) != _U64.size:
+            raise CorruptionError(self.path, 0, "routed_raft_index entry is not 8 bytes")
+        return int(_U64.unpack(raw)[0])
+
     # -- writing -------------------------------------------------------------------
 
-    def write(self, updates: Mapping[int, PartitionCheckpoint]) -> None:
+    def write(
+        self,
+        updates: Mapping[int, PartitionCheckpoint],
+        *,
+        routed_raft_index: int | None = None,
+    ) -> None:
         """Store every checkpoint in ``updates`` in one durable write transaction.
 
-        Either all of them are durable when this returns or, on an error, none is.
+        ``routed_raft_index``, when given, is stored in the same transaction. Either
+        all of it is durable when this returns or, on an error, none is.
         """
+        routed = (
+            None
+            if routed_raft_index is None
+            else _U64.pack(_as_uint(routed_raft_index, "routed_raft_index", 2**64 - 1))
+        )
         if not isinstance(updates, Mapping):
             raise InvalidArgumentError(
                 f"updates must be a mapping of partition id to PartitionCheckpoint, "
@@ -349,13 +377,15 @@ class CheckpointStore:
                     f"not {type(checkpoint).__name__}"
                 )
             items.append((key, checkpoint.encode()))
-        if not items:
+        if not items and routed is None:
             return
         items.sort()  # sequential keys keep LMDB page splits cheap
 
         def apply(txn: Any) -> None:
             cursor = txn.cursor(db=self._partitions)
             cursor.putmulti(items)
+            if routed is not None:
+                txn.put(_ROUTED_KEY, routed, db=self._meta)
 
         self._write_txn(apply)
 

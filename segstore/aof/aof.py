@@ -729,6 +729,12 @@ class Aof:
             )
         return payload  # type: ignore[return-value]
 
+    def header_raw(self, index: int) -> bytes:
+        """The header of record ``index`` as its raw bytes (cheaper than :meth:`header`)."""
+        segment, position = self._locate(index)
+        h = self._header_bytes
+        return segment.headers[position * h : (position + 1) * h].tobytes()
+
     def header(self, index: int) -> Any:
         """The header of record ``index`` as a structured numpy scalar."""
         dtype = self._require_dtype()

@@ -10,6 +10,14 @@ from segstore.raft.log_entry import DUMMY_ENTRY, LogEntry, LogValType
 from segstore.raft.log_store import CompactCallback, LogStore
 from segstore.raft.memory_store import InMemoryLogStore
 from segstore.raft.pack import decode_pack, encode_pack
+from segstore.raft.partition_entry import (
+    LOG_HEADER_DTYPE,
+    NO_PARTITION,
+    decode_partition,
+    encode_entry,
+    entry_payload,
+)
+from segstore.raft.segmented_store import SegmentedLogStore
 from segstore.raft.state_machine import (
     Snapshot,
     SnapshotDoneCallback,
@@ -21,12 +29,15 @@ from segstore.raft.state_mgr import ClusterConfig, ServerConfig, ServerState, St
 
 __all__ = [
     "DUMMY_ENTRY",
+    "LOG_HEADER_DTYPE",
+    "NO_PARTITION",
     "ClusterConfig",
     "CompactCallback",
     "InMemoryLogStore",
     "LogEntry",
     "LogStore",
     "LogValType",
+    "SegmentedLogStore",
     "ServerConfig",
     "ServerState",
     "Snapshot",
@@ -36,5 +47,8 @@ __all__ = [
     "StateMachine",
     "StateMgr",
     "decode_pack",
+    "decode_partition",
+    "encode_entry",
     "encode_pack",
+    "entry_payload",
 ]

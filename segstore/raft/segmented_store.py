@@ -1,0 +1,574 @@
+"""``SegmentedLogStore``: NuRaft's log store over one segmented Aof, routed into partitions.
+
+Directory layout::
+
+    <store>/log/               the segmented log: an Aof, header LOG_HEADER_DTYPE
+    <store>/partitions/<id>/   one small-segment Aof per partition (derived data)
+    <store>/checkpoints.lmdb/  partition progress, one LMDB transaction per checkpoint
+
+Write path: ``append`` validates the entry, assigns (or checks) its partition index and
+buffers it; ``end_of_append_batch`` writes the buffer with one ``Aof.append_batch`` and,
+unless the store is in parallel mode, waits for the group commit. Reads see the buffer.
+A background router feeds durable records to the partition logs in large batches and
+checkpoints them; ``compact`` truncates the log physically only below what the
+partitions still need. See docs/ARCHITECTURE.md ("The segmented log store").
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from segstore.aof import Aof, FileIO
+from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore
+from segstore.errors import (
+    ClosedError,
+    IndexOutOfRangeError,
+    InvalidArgumentError,
+    NotAStoreError,
+    PartitionError,
+)
+from segstore.partitions import PARTITIONS_DIR, PartitionLogs
+from segstore.raft.log_entry import DUMMY_ENTRY, U32_MAX, LogEntry, LogValType, check_uint
+from segstore.raft.log_store import LogStore, check_index, check_log_entry
+from segstore.raft.pack import decode_pack, encode_pack
+from segstore.raft.partition_entry import (
+    LOG_HEADER_DTYPE,
+    NO_PARTITION,
+    decode_partition,
+)
+from segstore.router import Router
+
+LOG_DIR = "log"
+STORE_KIND = "segstore.segmented_log"
+PENDING_RECORDS_MAX = 4096  # buffered appends written early even without a batch end
+ROUTE_INTERVAL_S = 0.02  # the router waits this long after a wakeup, batching records
+CHECKPOINT_RECORDS = 1 << 16  # checkpoint after routing this many records...
+CHECKPOINT_INTERVAL_S = 1.0  # ...or this long after the previous checkpoint
+
+_VAL_TYPES = {int(t): t for t in LogValType}
+_HEADER = struct.Struct("<QQQIB")  # the first 29 bytes of LOG_HEADER_DTYPE
+NotifyAppend = Callable[[bool], None]
+
+
+def _trusted_entry(term: int, value: bytes, val_type: int, timestamp_us: int) -> LogEntry:
+    # Entries read back were validated when appended: skip LogEntry's checks.
+    entry = object.__new__(LogEntry)
+    object.__setattr__(entry, "term", term)
+    object.__setattr__(entry, "value", value)
+    object.__setattr__(entry, "val_type", _VAL_TYPES[val_type])
+    object.__setattr__(entry, "timestamp_us", timestamp_us)
+    return entry
+
+
+class SegmentedLogStore(LogStore):
+    """NuRaft ``log_store`` over one segmented Aof, every app_log entry routed to its
+    partition's log. Open with :meth:`open`."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        raise TypeError("use SegmentedLogStore.open(path, partitions=...)")
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        partitions: int | None = None,
+        parallel: bool = False,
+        notify_log_append_completion: NotifyAppend | None = None,
+        segment_bytes: int | None = None,
+        partitions_open_max: int = 64,
+        create: bool = True,
+        io: FileIO | None = None,
+    ) -> SegmentedLogStore:
+        """Open (or create) the store in directory ``path``.
+
+        ``partitions``: how many partitions (ids ``0 .. partitions - 1``); required at
+        creation, and must match when given later. ``parallel``: NuRaft's parallel log
+        appending: ``end_of_append_batch`` never waits, and
+        ``notify_log_append_completion(ok)`` is called whenever the durable index
+        advances (``ok=False`` on an I/O failure). ``io``: the file-operation seam of the
+        log and the partition logs (tests inject faults through it; LMDB does its own
+        I/O).
+        """
+        self = object.__new__(cls)
+        self._init(
+            os.fspath(path),
+            partitions=partitions,
+            parallel=parallel,
+            notify=notify_log_append_completion,
+            segment_bytes=segment_bytes,
+            partitions_open_max=partitions_open_max,
+            create=create,
+            io=io,
+        )
+        return self
+
+    def _init(
+        self,
+        path: str,
+        *,
+        partitions: int | None,
+        parallel: bool,
+        notify: NotifyAppend | None,
+        segment_bytes: int | None,
+        partitions_open_max: int,
+        create: bool,
+        io: FileIO | None,
+    ) -> None:
+        self._closed = True
+        self.path = path
+        if partitions is not None:
+            check_uint("partitions", partitions, NO_PARTITION)
+            if partitions == 0:
+                raise InvalidArgumentError("a store needs at least one partition")
+        if not os.path.isdir(path):
+            if not create:
+                raise NotAStoreError(f"{path} does not exist (open with create=True)")
+            if partitions is None:
+                raise InvalidArgumentError("creating a store needs partitions=N")
+            os.makedirs(path)
+        elif set(os.listdir(path)) - {LOG_DIR, PARTITIONS_DIR, CHECKPOINTS_NAME}:
+            raise NotAStoreError(f"{path} is not a segmented log store (foreign files)")
+        log_path = os.path.join(path, LOG_DIR)
+        if not os.path.isdir(log_path) and partitions is None:
+            raise InvalidArgumentError("creating a store needs partitions=N")
+        self._log = Aof.open(
+            log_path,
+            header_dtype=LOG_HEADER_DTYPE,
+            segment_bytes=segment_bytes,
+            autosync=parallel,
+            create=create,
+            user={"kind": STORE_KIND, "partitions": partitions, "start_index": 1},
+            io=io,
+        )
+        self._checkpoints: CheckpointStore | None = None
+        self._partitions: PartitionLogs | None = None
+        try:
+            user = self._log.user_meta
+            if user.get("kind") != STORE_KIND:
+                raise NotAStoreError(f"{log_path} is an Aof but not a segmented log store")
+            if partitions is not None and user["partitions"] != partitions:
+                raise InvalidArgumentError(
+                    f"{path} has {user['partitions']} partitions, not {partitions}"
+                )
+            self.partition_count: int = int(user["partitions"])
+            self._start_index = max(int(user["start_index"]), self._log.first_index)
+            self._checkpoints = CheckpointStore.open(
+                os.path.join(path, CHECKPOINTS_NAME), store_id=self._log.store_id
+            )
+            self._partitions = PartitionLogs(
+                os.path.join(path, PARTITIONS_DIR), open_max=partitions_open_max, io=io
+            )
+            self._router = Router(self._log, self._partitions, self._checkpoints)
+            started = time.perf_counter()
+            self._router.route(self._log.last_index)  # redo (and undo, per partition)
+            self._router.checkpoint()
+            self.recovery_seconds = time.perf_counter() - started
+        except BaseException:
+            self._close_parts()
+            raise
+        self._lock = threading.RLock()
+        self._parallel = parallel
+        self._notify = notify
+        self._pending: list[LogEntry] = []
+        self._pending_rows: list[tuple[int, int, int, int, int]] = []
+        self._next_partition_index = self._router.next_partition_indices()
+        self._route_wakeup = threading.Event()
+        self._route_error: BaseException | None = None
+        self._stopping = False
+        self._closed = False
+        self._log.on_durable(self._on_durable)
+        self._router_thread = threading.Thread(
+            target=self._route_loop, name="segstore-router", daemon=True
+        )
+        self._router_thread.start()
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Make everything durable, route and checkpoint it, and release the files."""
+        if self._closed:
+            return
+        try:
+            with self._lock:
+                self._write_pending()
+            if self._log.failed is None:
+                self._log.sync()
+                self.sync_partitions()
+        finally:
+            self._closed = True
+            self._stopping = True
+            self._route_wakeup.set()
+            self._router_thread.join()
+            self._close_parts()
+
+    def _close_parts(self) -> None:
+        for part in (self._partitions, self._checkpoints, self._log):
+            if part is not None:
+                part.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"SegmentedLogStore {self.path} is closed")
+
+    # -- positions ---------------------------------------------------------------------
+
+    def next_slot(self) -> int:
+        """Last index + 1."""
+        with self._lock:
+            self._check_open()
+            return self._log.last_index + len(self._pending) + 1
+
+    def start_index(self) -> int:
+        """First retained index (moves to L + 1 as soon as compact(L) returns)."""
+        with self._lock:
+            self._check_open()
+            return self._start_index
+
+    def last_entry(self) -> LogEntry:
+        """The last entry, or a dummy entry with term 0 when empty."""
+        with self._lock:
+            self._check_open()
+            if self._pending:
+                return self._pending[-1]
+            last = self._log.last_index
+            if last < self._start_index:
+                return DUMMY_ENTRY
+            entry = self._read_entry(last)
+            return entry
+
+    # -- writes ------------------------------------------------------------------------
+
+    def append(self, entry: LogEntry) -> int:
+        """Append ``entry`` at next_slot; app_log entries are routed to their partition."""
+        check_log_entry(entry)
+        with self._lock:
+            self._check_open()
+            if self._log.failed is not None:
+                self._log.sync()  # raises FailedStateError
+            row = self._row_of(entry)
+            self._pending.append(entry)
+            self._pending_rows.append(row)
+            index = self._log.last_index + len(self._pending)
+            if len(self._pending) >= PENDING_RECORDS_MAX:
+                self._write_pending()
+            return index
+
+    def _row_of(self, entry: LogEntry) -> tuple[int, int, int, int, int]:
+        """The log header row of ``entry``; assigns its partition index (invariant 4)."""
+        if entry.val_type != LogValType.app_log:
+            return (entry.term, entry.timestamp_us, 0, NO_PARTITION, int(entry.val_type))
+        pid, index = decode_partition(entry.value)
+        if pid >= self.partition_count:
+            raise PartitionError(
+                f"partition {pid} does not exist (this store has {self.partition_count})"
+            )
+        expected = self._next_partition_index.get(pid, 1)
+        if index == 0:
+            index = expected
+        elif index != expected:
+            raise PartitionError(
+                f"entry names partition index {index} of partition {pid}, but the next "
+                f"one is {expected}: partition indices must be contiguous"
+            )
+        self._next_partition_index[pid] = index + 1
+        return (entry.term, entry.timestamp_us, index, pid, int(entry.val_type))
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        headers = np.array(self._pending_rows, LOG_HEADER_DTYPE)
+        self._log.append_batch([e.value for e in self._pending], headers)
+        self._pending.clear()
+        self._pending_rows.clear()
+
+    def end_of_append_batch(self, start: int, count: int) -> None:
+        """The group-commit point: write the batch; wait for it unless parallel."""
+        check_index("start", start)
+        check_index("count", count)
+        with self._lock:
+            self._check_open()
+            self._write_pending()
+        if not self._parallel:
+            self._log.sync()
+
+    def write_at(self, index: int, entry: LogEntry) -> None:
+        """Replace entry ``index`` and truncate everything after it (invariant 3)."""
+        check_index("index", index)
+        check_log_entry(entry)
+        with self._lock:
+            self._check_open()
+            next_slot = self._log.last_index + len(self._pending) + 1
+            if not self._start_index <= index <= next_slot:
+                raise IndexOutOfRangeError(
+                    f"write_at index {index} is outside [{self._start_index}, {next_slot}] "
+                    "(start_index, next_slot)"
+                )
+            self._truncate_from(index)
+            self.append(entry)
+
+    def _truncate_from(self, index: int) -> None:
+        """Drop entries >= ``index`` from the buffer, partitions and log (in that order)."""
+        aof_last = self._log.last_index
+        if index > aof_last:
+            keep = index - aof_last - 1
+            del self._pending[keep:]
+            del self._pending_rows[keep:]
+        else:
+            self._pending.clear()
+            self._pending_rows.clear()
+            with self._router.paused():
+                self._router.rollback(index)
+                self._log.truncate_after(max(index - 1, self._log.first_index - 1))
+        self._rewind_partition_indices()
+
+    def _rewind_partition_indices(self) -> None:
+        self._next_partition_index = self._router.next_partition_indices()
+        for row in self._pending_rows:
+            if row[3] != NO_PARTITION:
+                self._next_partition_index[row[3]] = row[2] + 1
+        aof_last = self._log.last_index
+        routed = self._router.routed_raft_index
+        if routed < aof_last:  # durable but not yet routed: their indices are taken too
+            headers = self._log.headers(routed + 1, aof_last + 1)
+            pids = headers["partition_id"]
+            mask = pids != NO_PARTITION
+            for pid, index in zip(
+                pids[mask].tolist(), headers["partition_index"][mask].tolist(), strict=True
+            ):
+                self._next_partition_index[pid] = index + 1
+
+    # -- reads -------------------------------------------------------------------------
+
+    def entry_at(self, index: int) -> LogEntry | None:
+        """The entry at ``index``; None below start_index or past the tail."""
+        check_index("index", index)
+        with self._lock:
+            self._check_open()
+            if index < self._start_index:
+                return None
+            aof_last = self._log.last_index
+            if index > aof_last:
+                position = index - aof_last - 1
+                return self._pending[position] if position < len(self._pending) else None
+            return self._read_entry(index)
+
+    def _read_entry(self, index: int) -> LogEntry:
+        term, timestamp, _, _, val_type = _HEADER.unpack_from(self._log.header_raw(index))
+        return _trusted_entry(term, bytes(self._log.read(index)), val_type, timestamp)
+
+    def term_at(self, index: int) -> int:
+        """Term at ``index``; 0 below start_index; raises past the tail."""
+        check_index("index", index)
+        with self._lock:
+            self._check_open()
+            if index < self._start_index:
+                return 0
+            aof_last = self._log.last_index
+            if index > aof_last:
+                position = index - aof_last - 1
+                if position >= len(self._pending):
+                    raise IndexOutOfRangeError(
+                        f"term_at index {index} is at or past next_slot "
+                        f"{aof_last + len(self._pending) + 1}"
+                    )
+                return self._pending[position].term
+            return int(_HEADER.unpack_from(self._log.header_raw(index))[0])
+
+    def log_entries(self, start: int, end: int) -> list[LogEntry] | None:
+        """Entries ``[start, end)``, or None if any is missing; one batch read."""
+        check_index("start", start)
+        check_index("end", end)
+        if start > end:
+            raise InvalidArgumentError(f"start {start} > end {end}")
+        with self._lock:
+            self._check_open()
+            if start == end:
+                return []
+            aof_last = self._log.last_index
+            if start < self._start_index or end > aof_last + len(self._pending) + 1:
+                return None
+            stored_end = min(end, aof_last + 1)
+            entries: list[LogEntry] = []
+            if start < stored_end:
+                headers = self._log.headers(start, stored_end)
+                values = self._log.read_range(start, stored_end, copy=True)
+                entries = list(
+                    map(
+                        _trusted_entry,
+                        headers["term"].tolist(),
+                        values,
+                        headers["val_type"].tolist(),
+                        headers["timestamp_us"].tolist(),
+                    )
+                )
+            if end > aof_last + 1:
+                entries.extend(self._pending[max(start - aof_last - 1, 0) : end - aof_last - 1])
+            return entries
+
+    # -- bulk copy ---------------------------------------------------------------------
+
+    def pack(self, index: int, count: int) -> bytes:
+        """``count`` entries from ``index`` in the documented pack format."""
+        check_index("index", index)
+        check_uint("count", count, U32_MAX)
+        entries = self.log_entries(index, index + count)
+        if entries is None:
+            raise IndexOutOfRangeError(
+                f"pack [{index}, {index + count}) is not inside the stored range "
+                f"[{self.start_index()}, {self.next_slot()})"
+            )
+        return encode_pack(entries)
+
+    def apply_pack(self, index: int, pack: bytes) -> None:
+        """Write the pack's entries from ``index``, truncating what follows them."""
+        check_index("index", index)
+        entries = decode_pack(pack)  # every check before any change
+        with self._lock:
+            self._check_open()
+            if not entries:
+                return
+            next_slot = self._log.last_index + len(self._pending) + 1
+            empty = next_slot == self._start_index
+            if empty:
+                if index < 1:
+                    raise IndexOutOfRangeError("apply_pack index must be >= 1")
+                if index != next_slot:
+                    self._compact_locked(index - 1)
+            elif not self._start_index <= index <= next_slot:
+                raise IndexOutOfRangeError(
+                    f"apply_pack index {index} is outside [{self._start_index}, {next_slot}] "
+                    "(start_index, next_slot) of a non-empty store"
+                )
+            else:
+                self._truncate_from(index)
+            for entry in entries:
+                self.append(entry)
+            self._write_pending()
+            self._log.sync()
+
+    # -- compaction --------------------------------------------------------------------
+
+    def compact(self, last_log_index: int) -> bool:
+        """Purge entries up to ``last_log_index``; start_index is L + 1 on return.
+
+        The log's segments are deleted only below what the partitions still need.
+        """
+        check_index("last_log_index", last_log_index)
+        with self._lock:
+            self._check_open()
+            if last_log_index < self._start_index:
+                return True
+            self._compact_locked(last_log_index)
+            return True
+
+    def _compact_locked(self, last_log_index: int) -> None:
+        start = last_log_index + 1
+        next_slot = self._log.last_index + len(self._pending) + 1
+        if start >= next_slot:
+            # Past the tail: the log restarts at L + 1, so first let the partitions
+            # take everything (nothing may be lost), then empty it.
+            self._write_pending()
+            self._log.sync()
+            self.sync_partitions()
+            self._log.set_user_meta({**self._log.user_meta, "start_index": start})
+            with self._router.paused():
+                self._log.truncate_before(start)
+            self._start_index = start
+            return
+        self._log.set_user_meta({**self._log.user_meta, "start_index": start})
+        self._start_index = start
+        self._truncate_physically()
+
+    def _truncate_physically(self) -> None:
+        with self._router.paused():
+            below = min(self._start_index, self._router.required_raft_index())
+            if below > self._log.first_index:
+                self._log.truncate_before(below)
+
+    # -- durability --------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Block until everything appended so far is durable."""
+        with self._lock:
+            self._check_open()
+            self._write_pending()
+        self._log.sync()
+        return True
+
+    def last_durable_index(self) -> int:
+        """Highest index covered by a completed fdatasync."""
+        self._check_open()
+        return self._log.durable_index
+
+    def set_notify_log_append_completion(self, callback: NotifyAppend | None) -> None:
+        """Register NuRaft's ``notify_log_append_completion(ok)`` for parallel mode."""
+        if callback is not None and not callable(callback):
+            raise InvalidArgumentError("the callback must be callable")
+        self._notify = callback
+
+    def _on_durable(self, event: int | BaseException) -> None:
+        notify = self._notify
+        if notify is not None:
+            notify(not isinstance(event, BaseException))
+        if not isinstance(event, BaseException):
+            self._route_wakeup.set()
+
+    # -- partitions --------------------------------------------------------------------
+
+    def sync_partitions(self) -> None:
+        """Route every durable entry, sync the partition logs, checkpoint them.
+
+        Raises the error that stopped the background router, if one did.
+        """
+        self._check_open()
+        if self._route_error is not None:
+            raise self._route_error
+        self._router.route(self._log.durable_index)
+        self._router.checkpoint()
+        self._truncate_physically()
+
+    def partition_log(self, partition_id: int) -> Any:
+        """A context manager yielding partition ``partition_id``'s log (kept open)."""
+        assert self._partitions is not None
+        return self._partitions.pinned(partition_id)
+
+    def partition_next_indices(self) -> dict[int, int]:
+        """Next partition log index per partition, counting entries not yet durable."""
+        with self._lock:
+            return dict(self._next_partition_index)
+
+    def _route_loop(self) -> None:
+        last_checkpoint = time.monotonic()
+        routed_since = 0
+        while not self._stopping:
+            self._route_wakeup.wait()
+            if self._stopping:
+                return
+            time.sleep(ROUTE_INTERVAL_S)  # let durable records pile up into one batch
+            self._route_wakeup.clear()
+            try:
+                routed_since += self._router.route(self._log.durable_index)
+                now = time.monotonic()
+                if routed_since >= CHECKPOINT_RECORDS or (
+                    routed_since and now - last_checkpoint >= CHECKPOINT_INTERVAL_S
+                ):
+                    self._router.checkpoint()
+                    with self._lock:
+                        if not self._closed:
+                            self._truncate_physically()
+                    last_checkpoint = now
+                    routed_since = 0
+            except Exception as exc:
+                self._route_error = exc
+                return
+
+
+__all__ = ["SegmentedLogStore"]

@@ -1,0 +1,240 @@
+"""Feeding durable records of the segmented log into the partition logs.
+
+The segmented log is the source of truth; partition logs are derived data that never
+fsync per append. Their durable progress is checkpointed in LMDB together with
+``routed_raft_index``, the raft index up to which every log record was routed and
+checkpointed. Everything here works on numpy header tables: a routing step reads the
+headers of a range once, groups it by partition with a stable argsort, and appends one
+batch per partition.
+
+Consistency rule (what recovery relies on): a partition's records at or below its
+checkpoint always match the log, because ``rollback`` lowers checkpoints before it
+truncates partitions, and partitions before the log. Only records above the
+checkpoints (raft index above ``routed_raft_index``) need checking after a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import numpy.typing as npt
+
+from segstore.aof import Aof
+from segstore.checkpoints import CheckpointStore, PartitionCheckpoint
+from segstore.errors import CorruptionError
+from segstore.partitions import PartitionLogs, PartitionLogStore
+from segstore.raft.partition_entry import NO_PARTITION, PARTITION_HEADER_BYTES
+
+
+class Router:
+    """Routes durable log records to partition logs; checkpoints; rolls back.
+
+    Every method takes the router's lock: callers never see a half-routed range.
+    """
+
+    def __init__(self, log: Aof, partitions: PartitionLogs, checkpoints: CheckpointStore) -> None:
+        self._log = log
+        self._partitions = partitions
+        self._checkpoints = checkpoints
+        self._lock = threading.RLock()
+        self._checkpoint_of = checkpoints.read_all()
+        self._routed = checkpoints.routed_raft_index()
+        self._checkpointed_routed = self._routed
+        # Per partition: next partition index and raft index of the last routed record.
+        self._next_index = {p: c.durable_index + 1 for p, c in self._checkpoint_of.items()}
+        self._last_raft = {p: c.durable_raft_index for p, c in self._checkpoint_of.items()}
+        self._checked: set[int] = set()  # partitions whose log was reconciled this session
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def routed_raft_index(self) -> int:
+        """Raft index up to which durable log records were routed."""
+        return self._routed
+
+    def next_partition_indices(self) -> dict[int, int]:
+        """Next partition log index per partition (of what was routed)."""
+        with self._lock:
+            return dict(self._next_index)
+
+    def required_raft_index(self) -> int:
+        """The oldest raft index the partitions may still need from the log.
+
+        Records not yet routed are needed, and so is everything after a partition's
+        checkpoint while that partition has routed records above it.
+        """
+        with self._lock:
+            required = self._routed + 1
+            for pid, last_raft in self._last_raft.items():
+                checkpoint = self._checkpoint_of.get(pid)
+                checkpointed_raft = checkpoint.durable_raft_index if checkpoint else 0
+                if last_raft > checkpointed_raft:
+                    required = min(required, checkpointed_raft + 1)
+            return required
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold off routing while the caller changes the log or the partitions."""
+        with self._lock:
+            yield
+
+    # -- routing ---------------------------------------------------------------------
+
+    def route(self, upto: int) -> int:
+        """Route log records ``(routed_raft_index, upto]``; return how many."""
+        with self._lock:
+            upto = min(upto, self._log.last_index)
+            low = max(self._routed + 1, self._log.first_index)
+            if upto < low:
+                self._routed = max(self._routed, upto)
+                return 0
+            headers = self._log.headers(low, upto + 1)
+            pids = headers["partition_id"]
+            routed = pids != NO_PARTITION
+            if routed.any():
+                views = self._log.read_range(low, upto + 1)
+                order = np.argsort(pids, kind="stable")
+                sorted_pids = pids[order]
+                cuts = np.flatnonzero(np.diff(sorted_pids)) + 1
+                for positions in np.split(order, cuts):
+                    pid = int(pids[positions[0]])
+                    if pid != NO_PARTITION:
+                        self._append(pid, low, positions, headers, views)
+            self._routed = upto
+            return upto - low + 1
+
+    def _append(
+        self,
+        pid: int,
+        low: int,
+        positions: npt.NDArray[np.intp],
+        headers: npt.NDArray[np.void],
+        views: list[memoryview],
+    ) -> None:
+        raft = positions.astype(np.uint64) + np.uint64(low)
+        indices = headers["partition_index"][positions]
+        with self._partitions.pinned(pid) as plog:
+            self._reconcile(pid, plog)
+            # After a crash some of these may be in the partition log already (routed
+            # but not checkpointed): they matched the log in _reconcile, so skip them.
+            skip = int(np.searchsorted(raft, np.uint64(self._last_raft.get(pid, 0)), "right"))
+            if skip == len(positions):
+                return
+            first = int(indices[skip])
+            if first != plog.next_index:
+                raise CorruptionError(
+                    self._log.path,
+                    0,
+                    f"partition {pid}: log record {int(raft[skip])} has partition index "
+                    f"{first} but the partition log's next index is {plog.next_index}",
+                )
+            payloads = [views[k][PARTITION_HEADER_BYTES:] for k in positions[skip:].tolist()]
+            plog.append_batch(first, payloads, raft[skip:])
+            self._next_index[pid] = plog.next_index
+            self._last_raft[pid] = int(raft[-1])
+
+    def _reconcile(self, pid: int, plog: PartitionLogStore) -> None:
+        """First use this session: keep only partition records that match the log.
+
+        Records at or below the checkpoint match by the consistency rule; above it,
+        a record whose raft index is gone from the log, or names another partition or
+        index there, is cut (DESIGN.md recovery, "undo").
+        """
+        if pid in self._checked:
+            return
+        self._checked.add(pid)
+        checkpoint = self._checkpoint_of.get(pid)
+        base = checkpoint.durable_index if checkpoint else 0
+        keep = base
+        if plog.next_index - 1 > base:
+            raft = plog.raft_indices(base + 1, plog.next_index)
+            inside = (raft >= self._log.first_index) & (raft <= self._log.last_index)
+            keep_count = int(np.argmin(inside)) if not inside.all() else len(raft)
+            if keep_count:
+                log_headers = self._log.headers(int(raft[0]), int(raft[keep_count - 1]) + 1)
+                offsets = (raft[:keep_count] - raft[0]).astype(np.intp)
+                same = (log_headers["partition_id"][offsets] == pid) & (
+                    log_headers["partition_index"][offsets]
+                    == np.arange(base + 1, base + 1 + keep_count, dtype=np.uint64)
+                )
+                keep_count = int(np.argmin(same)) if not same.all() else keep_count
+            keep = base + keep_count
+            if keep < plog.next_index - 1:
+                cut_raft = int(raft[keep_count]) if keep_count < len(raft) else 0
+                plog.truncate_from_raft_index(cut_raft)
+        if plog.next_index - 1 < base:
+            raise CorruptionError(
+                plog.path,
+                0,
+                f"partition {pid} holds {plog.next_index - 1} records but its checkpoint "
+                f"says {base} were durable",
+            )
+        self._next_index[pid] = plog.next_index
+        self._last_raft[pid] = plog.last_raft_index if plog.next_index > 1 else 0
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Sync the partition logs and record their progress in one LMDB transaction."""
+        with self._lock:
+            changed = self._partitions.sync_all()
+            updates: dict[int, PartitionCheckpoint] = {}
+            for pid, durable in changed.items():
+                with self._partitions.pinned(pid) as plog:
+                    raft = int(plog.raft_indices(durable, durable + 1)[0]) if durable else 0
+                    first = plog.first_index
+                updates[pid] = PartitionCheckpoint(
+                    durable_index=durable, durable_raft_index=raft, first_index=first
+                )
+            if not updates and self._routed == self._checkpointed_routed:
+                return
+            self._checkpoints.write(updates, routed_raft_index=self._routed)
+            self._checkpoint_of.update(updates)
+            self._checkpointed_routed = self._routed
+
+    # -- rollback --------------------------------------------------------------------
+
+    def rollback(self, raft_index: int) -> None:
+        """Remove partition records with raft index >= ``raft_index`` (DESIGN invariant 3).
+
+        Checkpoints are lowered first, then partitions cut, so a crash part way leaves
+        checkpoints that never claim records that are gone.
+        """
+        with self._lock:
+            affected = [pid for pid, last in self._last_raft.items() if last >= raft_index]
+            lowered: dict[int, PartitionCheckpoint] = {}
+            plans: dict[int, PartitionLogStore] = {}
+            for pid in affected:
+                with self._partitions.pinned(pid) as plog:
+                    self._reconcile(pid, plog)
+                    raft = plog.raft_indices(plog.first_index, plog.next_index)
+                    keep = int(np.searchsorted(raft, np.uint64(raft_index), "left"))
+                    last_kept = plog.first_index - 1 + keep
+                    checkpoint = self._checkpoint_of.get(pid)
+                    if checkpoint and checkpoint.durable_index > last_kept:
+                        lowered[pid] = PartitionCheckpoint(
+                            durable_index=last_kept,
+                            durable_raft_index=int(raft[keep - 1]) if keep else 0,
+                            applied_index=min(checkpoint.applied_index, last_kept),
+                            first_index=checkpoint.first_index,
+                        )
+                    plans[pid] = plog
+            routed = min(self._routed, raft_index - 1)
+            if lowered or routed < self._checkpointed_routed:
+                self._checkpoints.write(
+                    lowered, routed_raft_index=min(routed, self._checkpointed_routed)
+                )
+                self._checkpoint_of.update(lowered)
+                self._checkpointed_routed = min(routed, self._checkpointed_routed)
+            for pid in plans:
+                with self._partitions.pinned(pid) as plog:
+                    plog.truncate_from_raft_index(raft_index)
+                    self._next_index[pid] = plog.next_index
+                    self._last_raft[pid] = plog.last_raft_index if plog.next_index > 1 else 0
+            self._routed = routed
+
+
+__all__ = ["Router"]
