@@ -67,20 +67,18 @@ def decode_partition(value: bytes | memoryview) -> tuple[int, int]:
     Raises:
         PartitionError: the value has no partition header (or a foreign one).
     """
-    if len(value) < PARTITION_HEADER_BYTES:
+    try:
+        magic, version, flags, partition_id, partition_index = _HEADER.unpack_from(value)
+    except struct.error:
         raise PartitionError(
             f"an app_log value must start with a {PARTITION_HEADER_BYTES}-byte partition "
             f"header (build values with segstore.raft.encode_entry); got {len(value)} bytes"
-        )
-    magic, version, flags, partition_id, partition_index = _HEADER.unpack_from(value)
-    if magic != PARTITION_MAGIC:
+        ) from None
+    if magic != PARTITION_MAGIC or version != PARTITION_HEADER_VERSION or flags:
         raise PartitionError(
-            f"app_log value has no partition header (magic {bytes(magic)!r}, expected "
-            f"{PARTITION_MAGIC!r}); build values with segstore.raft.encode_entry"
-        )
-    if version != PARTITION_HEADER_VERSION or flags != 0:
-        raise PartitionError(
-            f"partition header version {version} flags {flags} is not one this build reads"
+            f"app_log value has no partition header this build reads (magic "
+            f"{bytes(magic)!r}, version {version}, flags {flags}; expected {PARTITION_MAGIC!r}, "
+            f"{PARTITION_HEADER_VERSION}, 0); build values with segstore.raft.encode_entry"
         )
     if partition_id == NO_PARTITION:
         raise PartitionError(f"partition id {NO_PARTITION:#x} is reserved")

@@ -53,6 +53,7 @@ CHECKPOINT_RECORDS = 1 << 16  # checkpoint after routing this many records...
 CHECKPOINT_INTERVAL_S = 1.0  # ...or this long after the previous checkpoint
 
 _VAL_TYPES = {int(t): t for t in LogValType}
+_APP_LOG = LogValType.app_log
 _HEADER = struct.Struct("<QQQIB")  # the first 29 bytes of LOG_HEADER_DTYPE
 NotifyAppend = Callable[[bool], None]
 
@@ -182,6 +183,7 @@ class SegmentedLogStore(LogStore):
         self._next_partition_index = self._router.next_partition_indices()
         self._route_wakeup = threading.Event()
         self._route_error: BaseException | None = None
+        self._failure: BaseException | None = None
         self._stopping = False
         self._closed = False
         self._log.on_durable(self._on_durable)
@@ -248,22 +250,23 @@ class SegmentedLogStore(LogStore):
 
     def append(self, entry: LogEntry) -> int:
         """Append ``entry`` at next_slot; app_log entries are routed to their partition."""
-        check_log_entry(entry)
+        if type(entry) is not LogEntry:
+            check_log_entry(entry)
         with self._lock:
-            self._check_open()
-            if self._log.failed is not None:
+            if self._closed:
+                self._check_open()
+            if self._failure is not None:
                 self._log.sync()  # raises FailedStateError
-            row = self._row_of(entry)
+            self._pending_rows.append(self._row_of(entry))
             self._pending.append(entry)
-            self._pending_rows.append(row)
-            index = self._log.last_index + len(self._pending)
-            if len(self._pending) >= PENDING_RECORDS_MAX:
+            count = len(self._pending)
+            if count >= PENDING_RECORDS_MAX:
                 self._write_pending()
-            return index
+            return self._log.last_index + count
 
     def _row_of(self, entry: LogEntry) -> tuple[int, int, int, int, int]:
         """The log header row of ``entry``; assigns its partition index (invariant 4)."""
-        if entry.val_type != LogValType.app_log:
+        if entry.val_type is not _APP_LOG:
             return (entry.term, entry.timestamp_us, 0, NO_PARTITION, int(entry.val_type))
         pid, index = decode_partition(entry.value)
         if pid >= self.partition_count:
@@ -279,7 +282,7 @@ class SegmentedLogStore(LogStore):
                 f"one is {expected}: partition indices must be contiguous"
             )
         self._next_partition_index[pid] = index + 1
-        return (entry.term, entry.timestamp_us, index, pid, int(entry.val_type))
+        return (entry.term, entry.timestamp_us, index, pid, 1)
 
     def _write_pending(self) -> None:
         if not self._pending:
@@ -515,6 +518,8 @@ class SegmentedLogStore(LogStore):
         self._notify = callback
 
     def _on_durable(self, event: int | BaseException) -> None:
+        if isinstance(event, BaseException):
+            self._failure = event
         notify = self._notify
         if notify is not None:
             notify(not isinstance(event, BaseException))
