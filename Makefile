@@ -22,8 +22,8 @@ demo: $(VENV)/.ext-stamp
 	$(VENV)/bin/segstore demo $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check segstore tests perf tools
-	$(VENV)/bin/ruff format --check segstore tests perf tools
+	$(VENV)/bin/ruff check segstore tests perf
+	$(VENV)/bin/ruff format --check segstore tests perf
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
