@@ -47,6 +47,9 @@ class Router:
         self._next_index = {p: c.durable_index + 1 for p, c in self._checkpoint_of.items()}
         self._last_raft = {p: c.durable_raft_index for p, c in self._checkpoint_of.items()}
         self._checked: set[int] = set()  # partitions whose log was reconciled this session
+        # Partitions whose checkpoint a rollback lowered: PartitionLogs.sync_all reports
+        # only changes since its last report, which may have come back to the same value.
+        self._recheck: set[int] = set()
 
     # -- state -----------------------------------------------------------------------
 
@@ -181,6 +184,11 @@ class Router:
         """Sync the partition logs and record their progress in one LMDB transaction."""
         with self._lock:
             changed = self._partitions.sync_all()
+            for pid in self._recheck - changed.keys():
+                with self._partitions.pinned(pid) as plog:
+                    plog.sync()
+                    changed[pid] = plog.durable_index
+            self._recheck.clear()
             updates: dict[int, PartitionCheckpoint] = {}
             for pid, durable in changed.items():
                 with self._partitions.pinned(pid) as plog:
@@ -234,6 +242,7 @@ class Router:
                     plog.truncate_from_raft_index(raft_index)
                     self._next_index[pid] = plog.next_index
                     self._last_raft[pid] = plog.last_raft_index if plog.next_index > 1 else 0
+            self._recheck.update(lowered)
             self._routed = routed
 
 
