@@ -1,17 +1,37 @@
 """segstore: inspect and exercise segstore data directories.
 
+PATH is a single Aof directory (it has aof.meta) or a whole segmented log store (it
+has log/ and checkpoints.lmdb/): the log, partitions/<id>/ and the checkpoints.
+
 Usage:
-  segstore dump PATH [--records] [--start N] [--limit N]
-      Segments, index ranges and sizes of the Aof at PATH; checks every CRC.
-      --records prints each record's index, payload size and header fields.
+  segstore dump PATH [--records] [--partition N] [--start N] [--limit N]
+      An Aof: segments, index ranges and sizes; checks every CRC. --records prints
+      each record's index, payload size and header fields.
+      A store: the log's summary, its partition columns (entries and partition index
+      range per partition, entries in no partition), each partition log (partition
+      and raft index ranges, records, bytes) and the checkpoints (durable, durable
+      raft and applied index per partition, routed raft index); then verify's checks.
+      --records prints the log's records with their partition columns (raft indices
+      from --start, --limit of them); --partition N prints partition N's records
+      instead (partition index, raft index, payload size; --start and --limit in
+      partition indices).
   segstore verify PATH
-      Recovery's checks plus every record's CRC32C, index and length.
-      Exit status 0 when all is well, 1 on corruption, 2 when PATH is no store.
+      An Aof: recovery's checks plus every record's CRC32C, index and length.
+      A store: every CRC of the log and of each partition log, then cross-checks:
+      each partition record whose raft index the log retains is the log's record of
+      that partition (same raft and partition index, payload = log value after its
+      16-byte partition header); partition indices are contiguous; no checkpoint's
+      durable index is past its partition log's end; routed_raft_index is not past
+      the log's end. Records not yet routed (a store not closed cleanly) are noted,
+      not counted as problems. Every problem is printed with where and what.
+      Exit status 0 when all is well, 1 on corruption or any problem, 2 when PATH is
+      no store.
   segstore demo [--records N] [--dir DIR] [--keep]
       Append N records (default 1,000,000) with group commit, reopen, verify every
       CRC, and print throughput, recovery time and a dump summary.
 
-The tools open a store readonly and take its lock: stop the process using it first.
+The tools open everything readonly and take each Aof's lock: stop the process using
+the store first. Progress bars appear only on a terminal.
 """
 
 from __future__ import annotations
@@ -34,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="segments, ranges, sizes; checks CRCs")
     dump.add_argument("path")
     dump.add_argument("--records", action="store_true", help="print every record's header")
+    dump.add_argument(
+        "--partition", type=int, default=None, help="a store: print this partition's records"
+    )
     dump.add_argument("--start", type=int, default=None, help="first record to print")
     dump.add_argument("--limit", type=int, default=None, help="how many records to print")
     verify = commands.add_parser("verify", help="check everything; exit 1 on corruption")
@@ -50,15 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "dump":
-            from segstore.inspection import dump_aof
+            from segstore.inspection import dump
 
-            return dump_aof(
-                args.path, sys.stdout, records=args.records, start=args.start, limit=args.limit
+            return dump(
+                args.path,
+                sys.stdout,
+                records=args.records,
+                start=args.start,
+                limit=args.limit,
+                partition=args.partition,
             )
         if args.command == "verify":
-            from segstore.inspection import verify_aof
+            from segstore.inspection import verify
 
-            return verify_aof(args.path, sys.stdout)
+            return verify(args.path, sys.stdout)
         from segstore.demo import run_demo
 
         return run_demo(records=args.records, directory=args.dir, keep=args.keep)
