@@ -29,3 +29,20 @@ def test_checkpoint_catches_up_after_write_at_returns_to_the_same_index(
         assert checkpoint is not None
         assert (checkpoint.durable_index, checkpoint.durable_raft_index) == (3, 3)
         assert checkpoints.routed_raft_index() == 3
+
+
+def test_an_entry_larger_than_a_small_segment_routes_into_its_partition(
+    tmp_path: Path,
+) -> None:
+    # Partition logs once had fixed 1 MiB segments: a bigger entry, which the log
+    # accepts, made routing fail and stop for every partition.
+    big = bytes(range(256)) * (5 << 12)  # 5 MiB
+    with SegmentedLogStore.open(tmp_path / "store", partitions=2) as store:
+        store.append(LogEntry(1, encode_entry(1, big)))
+        store.append(LogEntry(1, encode_entry(1, b"small")))
+        store.end_of_append_batch(1, 2)
+        store.sync_partitions()
+        with store.partition_log(1) as log:
+            assert log.next_index == 3
+            assert bytes(log.read(1)) == big
+            assert bytes(log.read(2)) == b"small"

@@ -327,6 +327,11 @@ class Aof:
         return self._commit.durable_index
 
     @property
+    def segment_bytes(self) -> int:
+        """Capacity of the segment files this Aof creates."""
+        return self._segment_bytes
+
+    @property
     def header_dtype(self) -> np.dtype[Any] | None:
         """The record header dtype fixed at creation (None without headers)."""
         return self._meta.header_dtype

@@ -164,8 +164,13 @@ class SegmentedLogStore(LogStore):
             self._checkpoints = CheckpointStore.open(
                 os.path.join(path, CHECKPOINTS_NAME), store_id=self._log.store_id
             )
+            # Partition segments are sparse, so matching the log's size costs no disk,
+            # and any entry the log accepts fits in its partition's log.
             self._partitions = PartitionLogs(
-                os.path.join(path, PARTITIONS_DIR), open_max=partitions_open_max, io=io
+                os.path.join(path, PARTITIONS_DIR),
+                open_max=partitions_open_max,
+                segment_bytes=self._log.segment_bytes,
+                io=io,
             )
             self._router = Router(self._log, self._partitions, self._checkpoints)
             started = time.perf_counter()
@@ -415,6 +420,40 @@ class SegmentedLogStore(LogStore):
             if end > aof_last + 1:
                 entries.extend(self._pending[max(start - aof_last - 1, 0) : end - aof_last - 1])
             return entries
+
+    def log_entries_ext(
+        self, start: int, end: int, batch_size_hint_in_bytes: int = 0
+    ) -> list[LogEntry] | None:
+        """``log_entries`` capped by value bytes (see ``LogStore.log_entries_ext``).
+
+        The cap is found from the index's payload lengths, without reading payloads.
+        """
+        hint = batch_size_hint_in_bytes
+        if isinstance(hint, bool) or not isinstance(hint, int) or hint <= 0:
+            return super().log_entries_ext(start, end, hint)
+        check_index("start", start)
+        check_index("end", end)
+        if start > end:
+            raise InvalidArgumentError(f"start {start} > end {end}")
+        with self._lock:
+            self._check_open()
+            aof_last = self._log.last_index
+            if start == end:
+                return []
+            if start < self._start_index or end > aof_last + len(self._pending) + 1:
+                return None
+            sizes: list[int] = []
+            stored_end = min(end, aof_last + 1)
+            if start < stored_end:
+                sizes = self._log.payload_lengths(start, stored_end).tolist()
+            if end > aof_last + 1:
+                sizes += [
+                    e.value_bytes
+                    for e in self._pending[max(start - aof_last - 1, 0) : end - aof_last - 1]
+                ]
+            reached = np.flatnonzero(np.cumsum(sizes, dtype=np.int64) >= hint)
+            count = int(reached[0]) + 1 if len(reached) else len(sizes)
+            return self.log_entries(start, start + count)
 
     # -- bulk copy ---------------------------------------------------------------------
 
