@@ -8,7 +8,10 @@ written to ``perf/results/latest.md``; all samples go to ``perf/results/latest.j
 
 Usage:
     python perf/compare.py [--repeat 3] [--scale 1.0] [--only W1,W3]
-                           [--stores raw,segstore,lmdb,sqlite] [--dir DIR]
+                           [--stores raw,segstore,lmdb,sqlite] [--dir DIR] [--out FILE.md]
+    python perf/compare.py --merge run1.json run2.json [--out FILE.md]
+
+``--merge`` runs nothing: it pools the samples of earlier runs and prints their medians.
 
 ``--scale`` multiplies every entry count (0.1 for a quick run); absolute targets (W5's
 speedup, W6, W7) are defined at scale 1 and are only indicative when scaled. If segstore
@@ -60,6 +63,10 @@ class Row:
     bound: float = 0.0
     target_text: str = ""
     ahead: bool = False  # must segstore beat lmdb and sqlite on this row?
+    #: a metric only segstore reports (other stores show "n/a").
+    segstore_only: bool = False
+    #: raw's metric the ratio column divides by (default: ``key`` itself).
+    raw_key: str = ""
 
 
 ROWS = (
@@ -70,7 +77,25 @@ ROWS = (
     Row("W4", "W4.loop_entries_per_s", "scan, read(i) loop, entries/s", True),
     Row("W4", "W4.range_entries_per_s", "scan, read_range, entries/s", True),
     Row("W4", "W4.best_entries_per_s", "scan, best, entries/s", True, "ratio", 2, ">= 2x", True),
+    Row(
+        "W4",
+        "W4.range_views_entries_per_s",
+        "scan, read_range zero-copy views, entries/s (ratio to raw's best)",
+        True,
+        segstore_only=True,
+        raw_key="W4.best_entries_per_s",
+    ),
     Row("W5", "W5.reopen_s", "reopen + read last, s", False, "ratio", 1 / 15, "<= 0.067x"),
+    Row(
+        "W5",
+        "W5.index_bytes_per_record",
+        "index memory after reopen, bytes/record",
+        False,
+        "abs",
+        16,
+        "<= 16 B (no header dtype)",
+        segstore_only=True,
+    ),
     Row("W6", "W6.truncate_before_ms", "truncate_before 50%, ms", False, "abs", 5, "<= 5 ms", True),
     Row("W7", "W7.truncate_after_ms", "truncate_after 10%, ms", False, "abs", 25, "<= 25 ms", True),
     Row("W8", "W8.entries_per_s", "batch 1024 + sync, entries/s", True, "ratio", 2.0, ">= 2x"),
@@ -150,8 +175,12 @@ def build_table(
         cells = [row.workload, row.label]
         for s in stores:
             bad = errors.get(s) and any(e.startswith(row.workload) for e in errors[s])
-            cells.append("ERR" if bad and med[s] is None else _fmt(med[s]))
-        seg, raw = med.get("segstore"), med.get("raw")
+            if row.segstore_only and s != "segstore":
+                cells.append("n/a")
+            else:
+                cells.append("ERR" if bad and med[s] is None else _fmt(med[s]))
+        seg = med.get("segstore")
+        raw = _median(samples, "raw", row.raw_key or row.key) if "raw" in stores else None
         ratio = seg / raw if seg is not None and raw else None
         cells.append(f"{ratio:.2f}x" if ratio is not None else "-")
         cells.append(row.target_text or "-")
@@ -201,6 +230,36 @@ def _env_lines(args: argparse.Namespace, stores: list[str], missing: str | None)
     ]
 
 
+def merge(paths: list[Path], out: Path) -> int:
+    """Pool every sample of earlier runs (their ``.json``) and print one table of medians."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    stores: list[str] = list(runs[0]["stores"])
+    samples: dict[str, dict[str, list[float]]] = {s: {} for s in stores}
+    errors: dict[str, list[str]] = {s: [] for s in stores}
+    for run in runs:
+        for s in stores:
+            for key, vals in run["samples"].get(s, {}).items():
+                samples[s].setdefault(key, []).extend(vals)
+            errors[s].extend(run["errors"].get(s, []))
+    selected = {key.split(".")[0] for per in samples.values() for key in per}
+    repeats = "+".join(str(r["repeat"]) for r in runs)
+    lines = [
+        "# segstore vs baselines (merged)",
+        "",
+        f"- merged {len(runs)} runs ({', '.join(str(p) for p in paths)}): "
+        f"repeat {repeats}, median of all samples",
+        f"- scales {sorted({r['scale'] for r in runs})}, stores {','.join(stores)}",
+        "",
+        *build_table(samples, stores, selected, errors),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"written {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -210,7 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=_default_dir(), help="parent of the temp dirs")
     ap.add_argument("--segment-bytes", type=int, default=None, help="segstore segment size")
     ap.add_argument("--out", type=Path, default=PERF_DIR / "results" / "latest.md")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: pool the samples of earlier runs' .json files, print the table",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     selected = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     unknown = selected - set(ALL_WORKLOADS)
