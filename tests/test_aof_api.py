@@ -855,3 +855,27 @@ def test_read_range_copy_checks_crcs(tmp_path: Path) -> None:
             aof.read_range(1, 4, copy=True)
         assert caught.value.offset == offset
         assert str(segment) in str(caught.value)
+
+
+def test_segments_grow_from_a_small_first_one_to_segment_bytes(tmp_path: Path) -> None:
+    # A fresh log's first segment is small, so its zero fill does not stall the first
+    # append; each next one doubles up to segment_bytes. A record larger than the next
+    # size gets a segment that fits it.
+    from segstore.aof.aof import SEGMENT_BYTES_INITIAL
+
+    with Aof.open(tmp_path / "a", segment_bytes=4 * SEGMENT_BYTES_INITIAL) as aof:
+        record = bytes(SEGMENT_BYTES_INITIAL // 3)
+        while len(aof.segment_paths()) < 4:
+            aof.append(record)
+        capacities = [info.capacity_bytes for info in aof.segment_infos()]
+        assert capacities == [
+            SEGMENT_BYTES_INITIAL,
+            2 * SEGMENT_BYTES_INITIAL,
+            4 * SEGMENT_BYTES_INITIAL,
+            4 * SEGMENT_BYTES_INITIAL,
+        ]
+    with Aof.open(tmp_path / "b", segment_bytes=4 * SEGMENT_BYTES_INITIAL) as aof:
+        big = bytes(3 * SEGMENT_BYTES_INITIAL)
+        index = aof.append(big)
+        assert aof.segment_infos()[0].capacity_bytes >= len(big)
+        assert bytes(aof.read(index)) == big

@@ -52,6 +52,7 @@ from segstore.errors import (
 )
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
+SEGMENT_BYTES_INITIAL = 4 << 20  # a fresh log's first segment; each next one doubles
 VERIFY_CHUNK_RECORDS = 1 << 16
 AUTOSYNC_LINGER_S = 0.0005  # about one fdatasync on this class of disk; see ARCHITECTURE.md
 Payload = bytes | bytearray | memoryview
@@ -186,7 +187,7 @@ class Aof:
             if self._last_index < self._first_index - 1:
                 self._last_index = self._first_index - 1
             self._commit = GroupCommit(self._flush_io, lambda: self._last_index, self._last_index)
-            self._spare = SparePool(io, path, self._segment_bytes, preallocate)
+            self._spare = SparePool(io, path, preallocate)
             self._closed = False
             if not readonly:
                 self._finish_recovery(recovered.doomed)
@@ -263,6 +264,8 @@ class Aof:
             segment.trim()
         if self._segments:
             self._activate(self._segments[-1], self.recovery.torn_cut_offset)
+        else:
+            self._spare.start(self._next_capacity(0))  # ready before the first append
         if self.recovery.torn_cut_at_index is not None:
             self._bump_epoch()  # the cut is durable from here on
 
@@ -541,7 +544,7 @@ class Aof:
         if not self._epoch_bumped:
             self._bump_epoch()
         if not self._segments or self._segments[-1].sealed:
-            return self._new_segment(self._last_index + 1)
+            return self._new_segment(self._last_index + 1, frame_size)
         active = self._segments[-1]
         if active.free_bytes >= frame_size:
             return active
@@ -550,7 +553,7 @@ class Aof:
         # before the successor exists: one fdatasync per segment.
         self._fdatasync_or_fail(active)
         self._remove_stale_sidecar(active)
-        successor = self._new_segment(self._last_index + 1)  # ENOSPC leaves active as is
+        successor = self._new_segment(self._last_index + 1, frame_size)  # ENOSPC: no change
         self._seal(active)
         return successor
 
@@ -581,17 +584,30 @@ class Aof:
         segment.sealed = True
         self._sealed_without_sidecar.append(segment)
 
-    def _new_segment(self, first_index: int) -> Segment:
-        header = SegmentHeader(
-            self._header_bytes, first_index, self._segment_bytes, self._meta.store_id
-        ).encode()
-        fd, _ = self._spare.take(first_index, header)
-        segment = Segment(self._io, self.path, first_index, self._header_bytes, self._segment_bytes)
+    def _new_segment(self, first_index: int, frame_size: int) -> Segment:
+        def header_for(capacity_bytes: int) -> bytes:
+            return SegmentHeader(
+                self._header_bytes, first_index, capacity_bytes, self._meta.store_id
+            ).encode()
+
+        fd, capacity = self._spare.take(first_index, self._next_capacity(frame_size), header_for)
+        segment = Segment(self._io, self.path, first_index, self._header_bytes, capacity)
         segment.write_fd = fd
         self._set_segments([*self._segments, segment])
         self._dir_dirty = True
-        self._spare.start()
+        self._spare.start(self._next_capacity(0))
         return segment
+
+    def _next_capacity(self, frame_size: int) -> int:
+        """Size of the next segment: doubling from SEGMENT_BYTES_INITIAL to the maximum.
+
+        A fresh log thus starts with a small file whose zero fill is quick, and a log
+        that lives long uses full-size segments.
+        """
+        last = self._segments[-1].capacity_bytes if self._segments else 0
+        wanted = max(SEGMENT_BYTES_INITIAL, 2 * last)
+        needed = -(-(SEGMENT_HEADER_BYTES + frame_size) // 4096) * 4096
+        return min(self._segment_bytes, max(wanted, needed))
 
     def _set_segments(self, segments: list[Segment]) -> None:
         self._segments = segments
@@ -615,7 +631,7 @@ class Aof:
             self._io.zero_range(segment.write_fd, torn_offset, segment.capacity_bytes, segment.path)
         self._io.fdatasync(segment.write_fd, segment.path)
         segment.sealed = False
-        self._spare.start()
+        self._spare.start(self._next_capacity(0))
 
     def _bump_epoch(self) -> None:
         """Start a new write generation: bytes past ``last_index`` are dead for good."""

@@ -30,10 +30,11 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from segstore.aof.fileio import FileIO
-from segstore.aof.format import TEMP_SUFFIX, segment_name
+from segstore.aof.format import SEGMENT_BYTES_MIN, TEMP_SUFFIX, segment_name
 from segstore.errors import StorageIOError
 
 PreallocateMode = Literal["zero", "sparse"]
@@ -58,64 +59,113 @@ SPARE_NAMES = frozenset(spare_name(slot) for slot in range(SPARE_SLOTS))
 
 
 class SparePool:
-    """Keeps spare segment files ready; recycles and deletes retired segments."""
+    """Keeps spare segment files ready; recycles and deletes retired segments.
 
-    def __init__(
-        self, io: FileIO, directory: str, capacity_bytes: int, mode: PreallocateMode
-    ) -> None:
+    Spares may differ in size (segments grow from ``SEGMENT_BYTES_INITIAL`` to the
+    Aof's ``segment_bytes``, and recycled files keep theirs); a request is served by
+    the smallest ready spare that is large enough.
+    """
+
+    def __init__(self, io: FileIO, directory: str, mode: PreallocateMode) -> None:
         self._io = io
         self._directory = directory
-        self._capacity_bytes = capacity_bytes
         self._mode = mode
-        self._ready = [
-            self._size_of(self._path(slot)) == capacity_bytes for slot in range(SPARE_SLOTS)
-        ]
         self._preparing: int | None = None
         self._thread: threading.Thread | None = None
         self._error: StorageIOError | None = None
         self._doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._deleter: threading.Thread | None = None
+        # Size of the ready spare in each slot, or None.
+        self._ready: list[int | None] = [self._usable_size(slot) for slot in range(SPARE_SLOTS)]
 
-    def start(self) -> None:
-        """Begin preparing a spare in the background if none is ready or underway."""
-        if any(self._ready) or self._thread is not None:
+    def _usable_size(self, slot: int) -> int | None:
+        size = self._size_of(self._path(slot))
+        if size >= SEGMENT_BYTES_MIN and size % 4096 == 0:
+            return size
+        if size >= 0:  # a fill cut short by a crash: start that slot over
+            self.discard(self._path(slot))
+        return None
+
+    def _fitting_slot(self, capacity_bytes: int) -> int | None:
+        fits = [
+            (size, slot)
+            for slot, size in enumerate(self._ready)
+            if size is not None and size >= capacity_bytes
+        ]
+        return min(fits)[1] if fits else None
+
+    def start(self, capacity_bytes: int) -> None:
+        """Prepare a spare of ``capacity_bytes`` in the background unless one will do."""
+        if self._thread is not None or self._fitting_slot(capacity_bytes) is not None:
+            return
+        free = [slot for slot, size in enumerate(self._ready) if size is None]
+        if not free:
             return
         self._error = None
-        self._preparing = self._ready.index(False)
+        self._preparing = free[0]
         self._thread = threading.Thread(
             target=self._prepare_guarded,
-            args=(self._preparing,),
+            args=(free[0], capacity_bytes),
             name="segstore-prealloc",
             daemon=True,
         )
         self._thread.start()
 
-    def take(self, first_index: int, header: bytes) -> tuple[int, str]:
-        """A spare as segment ``first_index``: header written, renamed; (fd, path).
+    def take(
+        self, first_index: int, capacity_bytes: int, make_header: Callable[[int], bytes]
+    ) -> tuple[int, int]:
+        """A spare of at least ``capacity_bytes`` as segment ``first_index``: (fd, size).
 
-        The header and the rename are made durable by the next flush. Raises
+        ``make_header(size)`` gives the segment header for the spare's actual size; it
+        is written and the file renamed (both made durable by the next flush). Raises
         :class:`StorageIOError` (ENOSPC, say) if no spare could be made; nothing is
         damaged then and a later call tries again.
         """
-        if not any(self._ready):
+        slot = self._fitting_slot(capacity_bytes)
+        if slot is None:
             self._wait()
-        if not any(self._ready):
-            self._prepare_guarded(self._ready.index(False))
+            slot = self._fitting_slot(capacity_bytes)
+        if slot is None:
+            free = [k for k, size in enumerate(self._ready) if size is None]
+            if not free:  # both spares too small: give one up
+                free = [min(range(SPARE_SLOTS), key=lambda k: self._ready[k] or 0)]
+                self.discard(self._path(free[0]))
+                self._ready[free[0]] = None
+            self._prepare_guarded(free[0], capacity_bytes)
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
-        slot = self._ready.index(True)
+            slot = free[0]
+        size = self._ready[slot]
+        assert size is not None
         path = self._path(slot)
         final = os.path.join(self._directory, segment_name(first_index))
         fd = self._io.open(path, os.O_RDWR)
         try:
-            self._io.write_all(fd, header, 0, path)
+            self._io.write_all(fd, make_header(size), 0, path)
             self._io.rename(path, final)
         except BaseException:
             self._io.close(fd, path)
             raise
-        self._ready[slot] = False
-        return fd, final
+        self._ready[slot] = None
+        return fd, size
+
+    def retire(self, path: str) -> None:
+        """Take a segment file out of the log: keep it as a spare, or delete it gently.
+
+        Only renames happen here; the caller fsyncs the directory.
+        """
+        free = [
+            slot
+            for slot, size in enumerate(self._ready)
+            if size is None and slot != self._preparing
+        ]
+        size = self._size_of(path)
+        if free and size >= SEGMENT_BYTES_MIN and size % 4096 == 0:
+            self._io.rename(path, self._path(free[0]))
+            self._ready[free[0]] = size
+            return
+        self.discard(path)
 
     def discard(self, path: str) -> None:
         """Rename ``path`` aside (if it exists) and delete it gently in the background."""
@@ -127,20 +177,6 @@ class SparePool:
                 return
             raise
         self.delete_later(trash)
-
-    def retire(self, path: str) -> None:
-        """Take a segment file out of the log: keep it as a spare, or delete it gently.
-
-        Only renames happen here; the caller fsyncs the directory.
-        """
-        free = [
-            slot for slot in range(SPARE_SLOTS) if not self._ready[slot] and slot != self._preparing
-        ]
-        if free and self._size_of(path) == self._capacity_bytes:
-            self._io.rename(path, self._path(free[0]))
-            self._ready[free[0]] = True
-            return
-        self.discard(path)
 
     def delete_later(self, path: str) -> None:
         """Shrink and unlink ``path`` on the background deleter thread."""
@@ -194,11 +230,11 @@ class SparePool:
             self._thread.join()
             self._thread = None
 
-    def _prepare_guarded(self, slot: int) -> None:
+    def _prepare_guarded(self, slot: int, capacity_bytes: int) -> None:
         path = self._path(slot)
         try:
-            self._prepare(path)
-            self._ready[slot] = True
+            self._prepare(path, capacity_bytes)
+            self._ready[slot] = capacity_bytes
         except StorageIOError as exc:
             self._error = exc
             # A half-made spare left behind is resized by the next attempt.
@@ -207,17 +243,17 @@ class SparePool:
         finally:
             self._preparing = None
 
-    def _prepare(self, path: str) -> None:
+    def _prepare(self, path: str, capacity_bytes: int) -> None:
         fd = self._io.open(path, os.O_RDWR | os.O_CREAT)
         try:
             self._io.set_size(fd, 0, path)
             if self._mode == "zero":
-                for start in range(0, self._capacity_bytes, FILL_SYNC_BYTES):
-                    end = min(start + FILL_SYNC_BYTES, self._capacity_bytes)
+                for start in range(0, capacity_bytes, FILL_SYNC_BYTES):
+                    end = min(start + FILL_SYNC_BYTES, capacity_bytes)
                     self._io.zero_range(fd, start, end, path)
                     self._io.fdatasync(fd, path)
             else:
-                self._io.set_size(fd, self._capacity_bytes, path)
+                self._io.set_size(fd, capacity_bytes, path)
                 self._io.fdatasync(fd, path)
         finally:
             self._io.close(fd, path)
