@@ -46,10 +46,24 @@ class Router:
         # Per partition: next partition index and raft index of the last routed record.
         self._next_index = {p: c.durable_index + 1 for p, c in self._checkpoint_of.items()}
         self._last_raft = {p: c.durable_raft_index for p, c in self._checkpoint_of.items()}
+        self._check_partitions_exist(partitions, checkpoints.path)
         self._checked: set[int] = set()  # partitions whose log was reconciled this session
         # Partitions whose checkpoint a rollback lowered: PartitionLogs.sync_all reports
         # only changes since its last report, which may have come back to the same value.
         self._recheck: set[int] = set()
+
+    def _check_partitions_exist(self, partitions: PartitionLogs, path: str) -> None:
+        """A checkpoint that claims records of a partition whose log is gone is corruption
+        now, not later in the background router."""
+        existing = set(partitions.existing_ids())
+        for pid, checkpoint in sorted(self._checkpoint_of.items()):
+            if checkpoint.durable_index and pid not in existing:
+                raise CorruptionError(
+                    path,
+                    0,
+                    f"the checkpoint of partition {pid} claims {checkpoint.durable_index} "
+                    "durable records but its partition log is missing",
+                )
 
     # -- state -----------------------------------------------------------------------
 
@@ -177,6 +191,10 @@ class Router:
             )
         self._next_index[pid] = plog.next_index
         self._last_raft[pid] = plog.last_raft_index if plog.next_index > 1 else 0
+        if plog.next_index - 1 != base:
+            # Routed before a crash but never checkpointed: sync_all reports only what
+            # changes from now on, so name it for the next checkpoint explicitly.
+            self._recheck.add(pid)
 
     # -- checkpoints -----------------------------------------------------------------
 

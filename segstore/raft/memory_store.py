@@ -198,8 +198,11 @@ class InMemoryLogStore(LogStore):
         with self._lock:
             self._check_open()
             if not self._entries:
-                if index < 1:
-                    raise IndexOutOfRangeError("apply_pack index must be >= 1")
+                if index < max(self._start_index, 1):
+                    raise IndexOutOfRangeError(
+                        f"apply_pack index {index} is below start_index {self._start_index} "
+                        "of an empty store"
+                    )
                 if entries:
                     # An empty store takes the pack's position as its new start, as
                     # NuRaft's in-memory store does (start = smallest stored index).

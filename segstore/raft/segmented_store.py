@@ -16,6 +16,7 @@ partitions still need. See docs/ARCHITECTURE.md ("The segmented log store").
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -29,6 +30,7 @@ from segstore.aof import Aof, FileIO
 from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore
 from segstore.errors import (
     ClosedError,
+    FailedStateError,
     IndexOutOfRangeError,
     InvalidArgumentError,
     NotAStoreError,
@@ -217,13 +219,26 @@ class SegmentedLogStore(LogStore):
             self._close_parts()
 
     def _close_parts(self) -> None:
+        """Close every part even if one fails (a held lock would block the reopen that
+        recovers the store), then raise the first failure."""
+        first: BaseException | None = None
         for part in (self._partitions, self._checkpoints, self._log):
             if part is not None:
-                part.close()
+                try:
+                    part.close()
+                except BaseException as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"SegmentedLogStore {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failure is not None:
+            self._raise_failed()
 
     # -- positions ---------------------------------------------------------------------
 
@@ -261,16 +276,19 @@ class SegmentedLogStore(LogStore):
             if self._closed:
                 self._check_open()
             if self._failure is not None:
-                self._log.sync()  # raises FailedStateError
-            self._pending_rows.append(self._row_of(entry))
+                self._raise_failed()
+            self._pending_rows.append(self._row_of(entry, self._next_partition_index))
             self._pending.append(entry)
             count = len(self._pending)
             if count >= PENDING_RECORDS_MAX:
                 self._write_pending()
             return self._log.last_index + count
 
-    def _row_of(self, entry: LogEntry) -> tuple[int, int, int, int, int]:
-        """The log header row of ``entry``; assigns its partition index (invariant 4)."""
+    def _row_of(
+        self, entry: LogEntry, next_indices: dict[int, int]
+    ) -> tuple[int, int, int, int, int]:
+        """The log header row of ``entry``; assigns its partition index from
+        ``next_indices``, which it advances (invariant 4)."""
         if entry.val_type is not _APP_LOG:
             return (entry.term, entry.timestamp_us, 0, NO_PARTITION, int(entry.val_type))
         pid, index = decode_partition(entry.value)
@@ -278,7 +296,7 @@ class SegmentedLogStore(LogStore):
             raise PartitionError(
                 f"partition {pid} does not exist (this store has {self.partition_count})"
             )
-        expected = self._next_partition_index.get(pid, 1)
+        expected = next_indices.get(pid, 1)
         if index == 0:
             index = expected
         elif index != expected:
@@ -286,8 +304,40 @@ class SegmentedLogStore(LogStore):
                 f"entry names partition index {index} of partition {pid}, but the next "
                 f"one is {expected}: partition indices must be contiguous"
             )
-        self._next_partition_index[pid] = index + 1
+        next_indices[pid] = index + 1
         return (entry.term, entry.timestamp_us, index, pid, 1)
+
+    def _check_entries(self, entries: list[LogEntry], next_indices: dict[int, int]) -> None:
+        """Raise what appending ``entries`` after ``next_indices`` would raise; change nothing."""
+        trial = dict(next_indices)
+        for entry in entries:
+            check_log_entry(entry)
+            self._row_of(entry, trial)
+
+    def _next_indices_after_truncating(self, index: int) -> dict[int, int]:
+        """Partition next indices once entries >= ``index`` are gone.
+
+        A partition's next index becomes the index of its first removed entry: the
+        assignment is a function of the log prefix, so no router state is needed.
+        """
+        after = dict(self._next_partition_index)
+        aof_last = self._log.last_index
+        seen: set[int] = set()
+        low = max(index, self._log.first_index)
+        if low <= aof_last:
+            headers = self._log.headers(low, aof_last + 1)
+            pids = headers["partition_id"]
+            firsts = np.unique(pids, return_index=True)
+            for pid, position in zip(firsts[0].tolist(), firsts[1].tolist(), strict=True):
+                if pid != NO_PARTITION:
+                    after[pid] = int(headers["partition_index"][position])
+                    seen.add(pid)
+        first_pending = max(index - aof_last - 1, 0)
+        for _, _, pindex, pid, _ in self._pending_rows[first_pending:]:
+            if pid != NO_PARTITION and pid not in seen:
+                after[pid] = pindex
+                seen.add(pid)
+        return after
 
     def _write_pending(self) -> None:
         if not self._pending:
@@ -302,7 +352,7 @@ class SegmentedLogStore(LogStore):
         check_index("start", start)
         check_index("count", count)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             self._write_pending()
         if not self._parallel:
             self._log.sync()
@@ -312,18 +362,21 @@ class SegmentedLogStore(LogStore):
         check_index("index", index)
         check_log_entry(entry)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             next_slot = self._log.last_index + len(self._pending) + 1
             if not self._start_index <= index <= next_slot:
                 raise IndexOutOfRangeError(
                     f"write_at index {index} is outside [{self._start_index}, {next_slot}] "
                     "(start_index, next_slot)"
                 )
-            self._truncate_from(index)
+            after = self._next_indices_after_truncating(index)
+            self._check_entries([entry], after)  # a refused entry changes nothing
+            self._truncate_from(index, after)
             self.append(entry)
 
-    def _truncate_from(self, index: int) -> None:
-        """Drop entries >= ``index`` from the buffer, partitions and log (in that order)."""
+    def _truncate_from(self, index: int, after: dict[int, int]) -> None:
+        """Drop entries >= ``index`` from the buffer, partitions and log (in that order);
+        ``after`` are the partition next indices that leaves."""
         aof_last = self._log.last_index
         if index > aof_last:
             keep = index - aof_last - 1
@@ -333,25 +386,14 @@ class SegmentedLogStore(LogStore):
             self._pending.clear()
             self._pending_rows.clear()
             with self._router.paused():
-                self._router.rollback(index)
-                self._log.truncate_after(max(index - 1, self._log.first_index - 1))
-        self._rewind_partition_indices()
-
-    def _rewind_partition_indices(self) -> None:
-        self._next_partition_index = self._router.next_partition_indices()
-        for row in self._pending_rows:
-            if row[3] != NO_PARTITION:
-                self._next_partition_index[row[3]] = row[2] + 1
-        aof_last = self._log.last_index
-        routed = self._router.routed_raft_index
-        if routed < aof_last:  # durable but not yet routed: their indices are taken too
-            headers = self._log.headers(routed + 1, aof_last + 1)
-            pids = headers["partition_id"]
-            mask = pids != NO_PARTITION
-            for pid, index in zip(
-                pids[mask].tolist(), headers["partition_index"][mask].tolist(), strict=True
-            ):
-                self._next_partition_index[pid] = index + 1
+                try:
+                    self._router.rollback(index)
+                    self._log.truncate_after(max(index - 1, self._log.first_index - 1))
+                except BaseException as exc:
+                    # Half a rollback: the router's view may no longer match the files.
+                    self._failure = exc
+                    raise
+        self._next_partition_index = after
 
     # -- reads -------------------------------------------------------------------------
 
@@ -474,14 +516,17 @@ class SegmentedLogStore(LogStore):
         check_index("index", index)
         entries = decode_pack(pack)  # every check before any change
         with self._lock:
-            self._check_open()
+            self._check_writable()
             if not entries:
                 return
             next_slot = self._log.last_index + len(self._pending) + 1
-            empty = next_slot == self._start_index
-            if empty:
-                if index < 1:
-                    raise IndexOutOfRangeError("apply_pack index must be >= 1")
+            if next_slot == self._start_index:  # empty: the pack sets the position
+                if index < self._start_index:
+                    raise IndexOutOfRangeError(
+                        f"apply_pack index {index} is below start_index "
+                        f"{self._start_index} of an empty store"
+                    )
+                self._check_entries(entries, self._next_partition_index)
                 if index != next_slot:
                     self._compact_locked(index - 1)
             elif not self._start_index <= index <= next_slot:
@@ -490,7 +535,9 @@ class SegmentedLogStore(LogStore):
                     "(start_index, next_slot) of a non-empty store"
                 )
             else:
-                self._truncate_from(index)
+                after = self._next_indices_after_truncating(index)
+                self._check_entries(entries, after)
+                self._truncate_from(index, after)
             for entry in entries:
                 self.append(entry)
             self._write_pending()
@@ -505,7 +552,7 @@ class SegmentedLogStore(LogStore):
         """
         check_index("last_log_index", last_log_index)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             if last_log_index < self._start_index:
                 return True
             self._compact_locked(last_log_index)
@@ -540,7 +587,7 @@ class SegmentedLogStore(LogStore):
     def flush(self) -> bool:
         """Block until everything appended so far is durable."""
         with self._lock:
-            self._check_open()
+            self._check_writable()
             self._write_pending()
         self._log.sync()
         return True
@@ -549,6 +596,14 @@ class SegmentedLogStore(LogStore):
         """Highest index covered by a completed fdatasync."""
         self._check_open()
         return self._log.durable_index
+
+    def _raise_failed(self) -> None:
+        failure = self._failure
+        raise FailedStateError(
+            getattr(failure, "errno", None) or errno.EIO,
+            f"store failed stop after an error ({failure}); reopen it to recover",
+            self.path,
+        ) from failure
 
     def set_notify_log_append_completion(self, callback: NotifyAppend | None) -> None:
         """Register NuRaft's ``notify_log_append_completion(ok)`` for parallel mode."""
@@ -585,9 +640,10 @@ class SegmentedLogStore(LogStore):
         return self._partitions.pinned(partition_id)
 
     def partition_next_indices(self) -> dict[int, int]:
-        """Next partition log index per partition, counting entries not yet durable."""
+        """Next partition log index of every partition holding entries (absent: 1),
+        counting entries not yet durable."""
         with self._lock:
-            return dict(self._next_partition_index)
+            return {pid: n for pid, n in self._next_partition_index.items() if n > 1}
 
     def _route_loop(self) -> None:
         last_checkpoint = time.monotonic()
