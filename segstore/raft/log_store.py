@@ -45,6 +45,31 @@ def check_index(name: str, value: object) -> int:
     return check_uint(name, value)
 
 
+def check_range(start: object, end: object) -> None:
+    """Check the ``[start, end)`` arguments of ``log_entries`` and friends.
+
+    Raises:
+        InvalidArgumentError: malformed indices or ``start > end``.
+    """
+    check_index("start", start)
+    check_index("end", end)
+    if start > end:  # type: ignore[operator]
+        raise InvalidArgumentError(f"start {start} > end {end}")
+
+
+def check_size_hint(hint: object) -> int:
+    """Return ``log_entries_ext``'s ``batch_size_hint_in_bytes`` if it is an int.
+
+    Raises:
+        InvalidArgumentError: not an int (or a bool).
+    """
+    if isinstance(hint, bool) or not isinstance(hint, int):
+        raise InvalidArgumentError(
+            f"batch_size_hint_in_bytes must be an int, got {type(hint).__name__}"
+        )
+    return hint
+
+
 def check_log_entry(value: object) -> LogEntry:
     """Return ``value`` if it is a ``LogEntry``.
 
@@ -142,17 +167,8 @@ class LogStore(abc.ABC):
         Raises:
             InvalidArgumentError: ``start > end`` or a malformed argument.
         """
-        check_index("start", start)
-        check_index("end", end)
-        if isinstance(batch_size_hint_in_bytes, bool) or not isinstance(
-            batch_size_hint_in_bytes, int
-        ):
-            raise InvalidArgumentError(
-                "batch_size_hint_in_bytes must be an int, got "
-                f"{type(batch_size_hint_in_bytes).__name__}"
-            )
-        if start > end:
-            raise InvalidArgumentError(f"start {start} > end {end}")
+        check_size_hint(batch_size_hint_in_bytes)
+        check_range(start, end)
         if batch_size_hint_in_bytes < 0:
             return []
         if batch_size_hint_in_bytes == 0:

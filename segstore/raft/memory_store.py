@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import threading
 
-from segstore.errors import ClosedError, IndexOutOfRangeError, InvalidArgumentError
+from segstore.errors import ClosedError, IndexOutOfRangeError
 from segstore.raft.log_entry import DUMMY_ENTRY, U32_MAX, LogEntry, check_uint
-from segstore.raft.log_store import LogStore, check_index, check_log_entry
+from segstore.raft.log_store import (
+    LogStore,
+    check_index,
+    check_log_entry,
+    check_range,
+    check_size_hint,
+)
 from segstore.raft.pack import decode_pack, encode_pack
 
 __all__ = ["InMemoryLogStore"]
@@ -103,10 +109,7 @@ class InMemoryLogStore(LogStore):
 
     def log_entries(self, start: int, end: int) -> list[LogEntry] | None:
         """Entries ``[start, end)``, or ``None`` if any of them is not held."""
-        check_index("start", start)
-        check_index("end", end)
-        if start > end:
-            raise InvalidArgumentError(f"start {start} > end {end}")
+        check_range(start, end)
         with self._lock:
             self._check_open()
             if start == end:
@@ -119,17 +122,8 @@ class InMemoryLogStore(LogStore):
         self, start: int, end: int, batch_size_hint_in_bytes: int = 0
     ) -> list[LogEntry] | None:
         """``log_entries`` capped by value bytes; see ``LogStore.log_entries_ext``."""
-        check_index("start", start)
-        check_index("end", end)
-        if isinstance(batch_size_hint_in_bytes, bool) or not isinstance(
-            batch_size_hint_in_bytes, int
-        ):
-            raise InvalidArgumentError(
-                "batch_size_hint_in_bytes must be an int, got "
-                f"{type(batch_size_hint_in_bytes).__name__}"
-            )
-        if start > end:
-            raise InvalidArgumentError(f"start {start} > end {end}")
+        check_size_hint(batch_size_hint_in_bytes)
+        check_range(start, end)
         with self._lock:
             self._check_open()
             if batch_size_hint_in_bytes < 0 or start == end:

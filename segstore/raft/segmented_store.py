@@ -38,7 +38,13 @@ from segstore.errors import (
 )
 from segstore.partitions import PARTITIONS_DIR, PartitionLogs
 from segstore.raft.log_entry import DUMMY_ENTRY, U32_MAX, LogEntry, LogValType, check_uint
-from segstore.raft.log_store import LogStore, check_index, check_log_entry
+from segstore.raft.log_store import (
+    LogStore,
+    check_index,
+    check_log_entry,
+    check_range,
+    check_size_hint,
+)
 from segstore.raft.pack import decode_pack, encode_pack
 from segstore.raft.partition_entry import (
     LOG_HEADER_DTYPE,
@@ -434,10 +440,7 @@ class SegmentedLogStore(LogStore):
 
     def log_entries(self, start: int, end: int) -> list[LogEntry] | None:
         """Entries ``[start, end)``, or None if any is missing; one batch read."""
-        check_index("start", start)
-        check_index("end", end)
-        if start > end:
-            raise InvalidArgumentError(f"start {start} > end {end}")
+        check_range(start, end)
         with self._lock:
             self._check_open()
             if start == end:
@@ -470,13 +473,10 @@ class SegmentedLogStore(LogStore):
 
         The cap is found from the index's payload lengths, without reading payloads.
         """
-        hint = batch_size_hint_in_bytes
-        if isinstance(hint, bool) or not isinstance(hint, int) or hint <= 0:
+        hint = check_size_hint(batch_size_hint_in_bytes)
+        if hint <= 0:
             return super().log_entries_ext(start, end, hint)
-        check_index("start", start)
-        check_index("end", end)
-        if start > end:
-            raise InvalidArgumentError(f"start {start} > end {end}")
+        check_range(start, end)
         with self._lock:
             self._check_open()
             aof_last = self._log.last_index
