@@ -51,9 +51,7 @@ def check_range(start: object, end: object) -> None:
     Raises:
         InvalidArgumentError: malformed indices or ``start > end``.
     """
-    check_index("start", start)
-    check_index("end", end)
-    if start > end:  # type: ignore[operator]
+    if check_index("start", start) > check_index("end", end):
         raise InvalidArgumentError(f"start {start} > end {end}")
 
 
