@@ -56,7 +56,7 @@ from segstore.router import Router
 LOG_DIR = "log"
 STORE_KIND = "segstore.segmented_log"
 PENDING_RECORDS_MAX = 4096  # buffered appends written early even without a batch end
-ROUTE_INTERVAL_S = 0.02  # the router waits this long after a wakeup, batching records
+ROUTE_INTERVAL_S = 0.1  # the router waits this long after a wakeup, batching records
 CHECKPOINT_RECORDS = 1 << 16  # checkpoint after routing this many records...
 CHECKPOINT_INTERVAL_S = 1.0  # ...or this long after the previous checkpoint
 
@@ -66,13 +66,21 @@ _HEADER = struct.Struct("<QQQIB")  # the first 29 bytes of LOG_HEADER_DTYPE
 NotifyAppend = Callable[[bool], None]
 
 
+_NEW_ENTRY = object.__new__
+_SET_TERM = LogEntry.__dict__["term"].__set__
+_SET_VALUE = LogEntry.__dict__["value"].__set__
+_SET_VAL_TYPE = LogEntry.__dict__["val_type"].__set__
+_SET_TIMESTAMP = LogEntry.__dict__["timestamp_us"].__set__
+
+
 def _trusted_entry(term: int, value: bytes, val_type: int, timestamp_us: int) -> LogEntry:
-    # Entries read back were validated when appended: skip LogEntry's checks.
-    entry = object.__new__(LogEntry)
-    object.__setattr__(entry, "term", term)
-    object.__setattr__(entry, "value", value)
-    object.__setattr__(entry, "val_type", _VAL_TYPES[val_type])
-    object.__setattr__(entry, "timestamp_us", timestamp_us)
+    # Entries read back were validated when appended: skip LogEntry's checks, and set
+    # the frozen dataclass's slots through their descriptors (cheaper than setattr).
+    entry: LogEntry = _NEW_ENTRY(LogEntry)
+    _SET_TERM(entry, term)
+    _SET_VALUE(entry, value)
+    _SET_VAL_TYPE(entry, _VAL_TYPES[val_type])
+    _SET_TIMESTAMP(entry, timestamp_us)
     return entry
 
 
