@@ -92,6 +92,25 @@ class Router:
                     required = min(required, checkpointed_raft + 1)
             return required
 
+    def next_indices_through(self, raft_index: int) -> dict[int, int]:
+        """Partition next indices once everything up to ``raft_index`` is routed.
+
+        From the checkpoints and the header columns of the records not routed yet, so
+        a store can take appends before the router has caught up (recovery).
+        """
+        with self._lock:
+            after = dict(self._next_index)
+            low = max(self._routed + 1, self._log.first_index)
+            if low <= raft_index:
+                headers = self._log.headers(low, raft_index + 1)
+                pids = headers["partition_id"][::-1]
+                indices = headers["partition_index"][::-1]
+                unique, last = np.unique(pids, return_index=True)
+                for pid, position in zip(unique.tolist(), last.tolist(), strict=True):
+                    if pid != NO_PARTITION:
+                        after[pid] = int(indices[position]) + 1
+            return after
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Hold off routing while the caller changes the log or the partitions."""

@@ -605,8 +605,9 @@ def test_close_after_power_loss_releases_the_store(tmp_path: Path) -> None:
 
 
 def test_failed_open_releases_the_store(tmp_path: Path) -> None:
-    # Invariant 8: an open whose recovery hits an I/O error raises it, and releases
-    # everything it opened, so that a later open (the disk fixed) can recover.
+    # Invariant 8: recovery that hits an I/O error reports it (from sync_partitions and
+    # close, as it runs in the router thread), and close releases everything, so that
+    # a later open (the disk fixed) can recover.
     path = tmp_path / "store"
     store = SegmentedLogStore.open(path, partitions=4, segment_bytes=SMALL_SEGMENT)
     stop_router(store)
@@ -614,8 +615,11 @@ def test_failed_open_releases_the_store(tmp_path: Path) -> None:
     abandon(store)
     io = FaultyIO(real_sync=False)
     io.fail_fsync(f"{os.sep}{PARTITIONS_DIR}{os.sep}", times=None)
+    store = SegmentedLogStore.open(path, io=io)  # recovery routes in the background
     with pytest.raises(SegstoreError):
-        SegmentedLogStore.open(path, io=io)
+        store.sync_partitions()
+    with pytest.raises(SegstoreError):
+        store.close()  # reports the failure, and still releases everything
     io.clear_faults()
     with SegmentedLogStore.open(path) as store:
         assert store.next_slot() == 31
@@ -705,11 +709,13 @@ def test_undo_partition_records_the_log_no_longer_holds(tmp_path: Path) -> None:
     with SegmentedLogStore.open(path) as store:
         assert store.next_slot() == 71
         verify_log(store, expected, "after open")
+        # Recovery's undo and redo run in the router thread; sync_partitions waits.
+        store.sync_partitions()
         projection = log_projection(store)
         for pid in range(4):
             with store.partition_log(pid) as plog:
                 # Nothing beyond what the log now holds: the stale records were undone
-                # (and the replacements redone) at open, before any sync_partitions.
+                # (and the replacements redone) by recovery.
                 assert plog.next_index - 1 == len(projection.get(pid, [])), (
                     f"partition {pid}: {plog.next_index - 1} records after open, the log "
                     f"projects {len(projection.get(pid, []))} (routed before: {routed})"
@@ -750,7 +756,8 @@ def test_crash_between_partition_rollback_and_log_truncation(
             assert store.next_slot() == 61, "the log's truncation had not begun"
         assert store.next_slot() > 32, "the log's truncation had not committed"
         verify_log(store, expected, "after the crash")
-        # Before any sync_partitions: recovery itself redid the cut records.
+        # Recovery redid the cut records (in the router thread; sync_partitions waits).
+        store.sync_partitions()
         projection = log_projection(store)
         assert any(rafts[-1] > 31 for rafts in projection.values())
         for pid, rafts in projection.items():
@@ -774,6 +781,7 @@ def test_redo_durable_entries_never_routed(tmp_path: Path) -> None:
     assert store.last_durable_index() == 250
     abandon(store)
     with SegmentedLogStore.open(path) as store:
+        store.sync_partitions()  # recovery's redo runs in the router thread; this waits
         projection = log_projection(store)
         for pid in range(8):
             with store.partition_log(pid) as plog:
