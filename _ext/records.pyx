@@ -783,6 +783,29 @@ cdef class RecordReader:
         self._window_bytes = <Py_ssize_t>length
         return PyMemoryView_FromObject(self)
 
+    cpdef object read_copy(self, object offsets, object lengths, Py_ssize_t position,
+                           Py_ssize_t header_bytes, long long index, bint verify):
+        """``(header, payload)`` of the record at ``position`` as two ``bytes``.
+
+        Both come from the frame itself (checked first with ``verify``); None when the
+        frame does not check out.
+        """
+        cdef const uint32_t* offset_column = _u32_column(offsets, position)
+        cdef const uint32_t* length_column = _u32_column(lengths, position)
+        cdef uint64_t offset = offset_column[position]
+        cdef uint64_t length = length_column[position]
+        cdef const unsigned char* base = <const unsigned char*>self._source.buf
+        if header_bytes < 0 or index < 0:
+            raise ValueError("header_bytes and index must be >= 0")
+        if verify:
+            if _verify(base, self._source.len, offset, header_bytes, index, length) != _OK:
+                return None
+        elif offset + _frame_bytes(header_bytes, length) > <uint64_t>self._source.len:
+            return None
+        cdef const char* header = <const char*>(base + offset + _HDR)
+        return (PyBytes_FromStringAndSize(header, header_bytes),
+                PyBytes_FromStringAndSize(header + header_bytes, <Py_ssize_t>length))
+
     def read_many(self, object offsets, object lengths, Py_ssize_t start, Py_ssize_t end,
                   Py_ssize_t header_bytes, long long first_index, bint verify,
                   bint copy=False):
@@ -874,32 +897,52 @@ cdef class ReadPath:
                 raise TypeError("segments must derive from SegmentIndexBase")
         self._segments = list(segments)
 
-    def read(self, index):
-        """The payload of record ``index``, or None to take the slow path."""
+    cdef SegmentIndexBase _locate(self, object index, long long* wanted):
+        # The segment holding ``index`` (its position via ``wanted``), or None.
         if type(index) is not int:
             return None
         cdef int overflow = 0
-        cdef long long wanted = PyLong_AsLongLongAndOverflow(index, &overflow)
+        wanted[0] = PyLong_AsLongLongAndOverflow(index, &overflow)
         if overflow:
             return None
         cdef Py_ssize_t n = len(self._segments)
-        if n == 0 or wanted < self.first_index:
+        if n == 0 or wanted[0] < self.first_index:
             return None
         cdef SegmentIndexBase segment = <SegmentIndexBase>self._segments[n - 1]
         cdef Py_ssize_t lo, hi, mid
-        if wanted < segment.first_index:
+        if wanted[0] < segment.first_index:
             lo = 0
             hi = n - 1
             while lo < hi:  # last segment whose first index <= wanted
                 mid = (lo + hi + 1) >> 1
-                if (<SegmentIndexBase>self._segments[mid]).first_index <= wanted:
+                if (<SegmentIndexBase>self._segments[mid]).first_index <= wanted[0]:
                     lo = mid
                 else:
                     hi = mid - 1
             segment = <SegmentIndexBase>self._segments[lo]
-        cdef long long position = wanted - segment.first_index
+        cdef long long position = wanted[0] - segment.first_index
         if position < 0 or position >= segment.count or segment.reader is None:
             return None
+        return segment
+
+    def read(self, index):
+        """The payload of record ``index``, or None to take the slow path."""
+        cdef long long wanted
+        cdef SegmentIndexBase segment = self._locate(index, &wanted)
+        if segment is None:
+            return None
         return (<RecordReader>segment.reader).read(
-            segment.offsets, segment.lengths, position, self.header_bytes, wanted, self.verify
+            segment.offsets, segment.lengths, wanted - segment.first_index,
+            self.header_bytes, wanted, self.verify
+        )
+
+    def read_copy(self, index):
+        """``(header, payload)`` bytes of record ``index``, or None for the slow path."""
+        cdef long long wanted
+        cdef SegmentIndexBase segment = self._locate(index, &wanted)
+        if segment is None:
+            return None
+        return (<RecordReader>segment.reader).read_copy(
+            segment.offsets, segment.lengths, wanted - segment.first_index,
+            self.header_bytes, wanted, self.verify
         )

@@ -879,3 +879,26 @@ def test_segments_grow_from_a_small_first_one_to_segment_bytes(tmp_path: Path) -
         index = aof.append(big)
         assert aof.segment_infos()[0].capacity_bytes >= len(big)
         assert bytes(aof.read(index)) == big
+
+
+def test_read_record_returns_header_and_payload_copies(tmp_path: Path) -> None:
+    from segstore.errors import CorruptionError
+
+    path = tmp_path / "a"
+    with open_aof(path, header_dtype=HEADER_DTYPE) as aof:
+        payloads = fill(aof, 300, headers=True)  # several segments
+        for index in (1, 150, 300):
+            header, payload = aof.read_record(index)
+            assert payload == payloads[index - 1]
+            assert header == np.array(header_of(index), HEADER_DTYPE).tobytes()
+        offset = int(aof._segments[-1].offsets[0])
+        first = aof._segments[-1].first_index
+        segment = path / segment_name(first)
+        with open(segment, "r+b") as handle:  # bit rot under an open store
+            handle.seek(offset + 30)
+            byte = handle.read(1)
+            handle.seek(offset + 30)
+            handle.write(bytes([byte[0] ^ 0x01]))
+        with pytest.raises(CorruptionError) as caught:
+            aof.read_record(first)
+        assert caught.value.offset == offset

@@ -150,6 +150,16 @@ class RecordReader:
         verify: bool,
     ) -> memoryview | None:
         """The payload at ``position``; None if the frame does not check out."""
+    def read_copy(
+        self,
+        offsets: npt.NDArray[np.uint32],
+        lengths: npt.NDArray[np.uint32],
+        position: int,
+        header_bytes: int,
+        index: int,
+        verify: bool,
+    ) -> tuple[bytes, bytes] | None:
+        """(header, payload) bytes at ``position``; None if the frame does not check out."""
     def read_many(
         self,
         offsets: npt.NDArray[np.uint32],
@@ -181,3 +191,4 @@ class ReadPath:
 
     def set_segments(self, segments: list[SegmentIndexBase]) -> None: ...
     def read(self, index: object) -> memoryview | None: ...
+    def read_copy(self, index: object) -> tuple[bytes, bytes] | None: ...

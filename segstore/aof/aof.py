@@ -755,6 +755,26 @@ class Aof:
             )
         return payload  # type: ignore[return-value]
 
+    def read_record(self, index: int) -> tuple[bytes, bytes]:
+        """``(header, payload)`` of record ``index`` as raw ``bytes`` copies, CRC-checked
+        like :meth:`read`; one compiled call on the common path."""
+        record = self._read_path.read_copy(index)
+        if record is not None:
+            return record
+        segment, position = self._locate(index)
+        record = segment.map_reader().read_copy(
+            segment.offsets,
+            segment.lengths,
+            position,
+            self._header_bytes,
+            index,
+            self._verify_reads,
+        )
+        if record is None:
+            self._read_located(index)  # raises the precise CorruptionError
+            raise AssertionError("unreachable: the frame did not check out")
+        return record
+
     def header_raw(self, index: int) -> bytes:
         """The header of record ``index`` as its raw bytes (cheaper than :meth:`header`)."""
         segment, position = self._locate(index)

@@ -37,7 +37,14 @@ from segstore.errors import (
     PartitionError,
 )
 from segstore.partitions import PARTITIONS_DIR, PartitionLogs
-from segstore.raft.log_entry import DUMMY_ENTRY, U32_MAX, LogEntry, LogValType, check_uint
+from segstore.raft.log_entry import (
+    DUMMY_ENTRY,
+    U32_MAX,
+    U64_MAX,
+    LogEntry,
+    LogValType,
+    check_uint,
+)
 from segstore.raft.log_store import (
     LogStore,
     check_index,
@@ -420,7 +427,8 @@ class SegmentedLogStore(LogStore):
 
     def entry_at(self, index: int) -> LogEntry | None:
         """The entry at ``index``; None below start_index or past the tail."""
-        check_index("index", index)
+        if type(index) is not int or not 0 <= index <= U64_MAX:
+            check_index("index", index)
         with self._lock:
             self._check_open()
             if index < self._start_index:
@@ -432,8 +440,9 @@ class SegmentedLogStore(LogStore):
             return self._read_entry(index)
 
     def _read_entry(self, index: int) -> LogEntry:
-        term, timestamp, _, _, val_type = _HEADER.unpack_from(self._log.header_raw(index))
-        return _trusted_entry(term, bytes(self._log.read(index)), val_type, timestamp)
+        header, value = self._log.read_record(index)
+        term, timestamp, _, _, val_type = _HEADER.unpack_from(header)
+        return _trusted_entry(term, value, val_type, timestamp)
 
     def term_at(self, index: int) -> int:
         """Term at ``index``; 0 below start_index; raises past the tail."""
