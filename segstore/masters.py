@@ -57,12 +57,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from segstore.errors import InvalidArgumentError
+from segstore.events import EventQueue
 
 PARTITION_ID_MAX: Final = 0xFFFFFFFE
 """Same bound as ``segstore.raft.partition_entry.PARTITION_ID_MAX``."""
@@ -198,9 +198,7 @@ class MasterPolicy:
             self._masters[pid], self._scores[pid] = self._compute(pid)
         self._generation = 0
         self._lock = threading.Lock()
-        self._callbacks: list[MasterChangeCallback] = []
-        self._events: deque[tuple[int, str | None, str | None]] = deque()
-        self._delivering = False
+        self._events = EventQueue(self._lock)
 
     @classmethod
     def automatic(cls, partition_count: int, members: Iterable[str]) -> MasterPolicy:
@@ -272,8 +270,7 @@ class MasterPolicy:
         """Call ``callback(partition_id, old, new)`` for every partition that moves."""
         if not callable(callback):
             raise InvalidArgumentError(f"callback must be callable, got {type(callback).__name__}")
-        with self._lock:
-            self._callbacks.append(callback)
+        self._events.subscribe(callback)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -291,7 +288,7 @@ class MasterPolicy:
                     if isinstance(self._overrides.get(pid, self._default), Automatic):
                         self._rehash(pid, joined, left, moved)
             self._record(moved)
-        self._deliver()
+        self._events.deliver()
         return moved
 
     def set_default(self, mode: MasterMode) -> dict[int, tuple[str | None, str | None]]:
@@ -302,7 +299,7 @@ class MasterPolicy:
             moved = self._recompute(
                 pid for pid in range(self._partition_count) if pid not in self._overrides
             )
-        self._deliver()
+        self._events.deliver()
         return moved
 
     def set_mode(
@@ -317,7 +314,7 @@ class MasterPolicy:
             else:
                 self._overrides[pid] = checked
             moved = self._recompute([pid])
-        self._deliver()
+        self._events.deliver()
         return moved
 
     # -- internals -------------------------------------------------------------------------
@@ -375,36 +372,6 @@ class MasterPolicy:
         if moved:
             self._generation += 1
             self._events.extend((pid, old, new) for pid, (old, new) in sorted(moved.items()))
-
-    def _deliver(self) -> None:
-        """Drain queued changes to the callbacks, outside the lock, in order."""
-        with self._lock:
-            if self._delivering or not self._events:
-                return
-            self._delivering = True
-        first_error: Exception | None = None
-        drained = False
-        try:
-            while True:
-                with self._lock:
-                    if not self._events:
-                        self._delivering = False
-                        drained = True
-                        break
-                    pid, old, new = self._events.popleft()
-                    callbacks = tuple(self._callbacks)
-                for callback in callbacks:
-                    try:
-                        callback(pid, old, new)
-                    except Exception as exc:
-                        if first_error is None:
-                            first_error = exc
-        finally:
-            if not drained:
-                with self._lock:
-                    self._delivering = False
-        if first_error is not None:
-            raise first_error
 
 
 __all__ = [

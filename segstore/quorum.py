@@ -91,7 +91,6 @@ partition ids are those of the segmented log (``[0, 2**32 - 2]``); each partitio
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias, TypeVar
@@ -100,6 +99,7 @@ import numpy as np
 import numpy.typing as npt
 
 from segstore.errors import InvalidArgumentError
+from segstore.events import EventQueue
 
 U64_MAX: Final = (1 << 64) - 1
 PARTITION_ID_MAX: Final = 0xFFFFFFFE
@@ -501,9 +501,7 @@ class AckTracker:
         self._acks: dict[str, int] = {}
         self._partitions: dict[int, _Partition] = {}
         self._pending: set[int] = set()  # partitions with landed rows above their quorum
-        self._callbacks: list[QuorumAdvanceCallback] = []
-        self._events: deque[tuple[int, int]] = deque()
-        self._delivering = False
+        self._events = EventQueue(self._lock)
 
     # -- configuration -----------------------------------------------------------------
 
@@ -526,7 +524,7 @@ class AckTracker:
             with self._lock:
                 overrides = _with_override(self._config.partition_replicas, pid, override)
                 self._reconfigure(replace(self._config, partition_replicas=overrides))
-        self._deliver()
+        self._events.deliver()
 
     def set_rule(self, partition_id: int | None, rule: QuorumRule | None) -> None:
         """Change a quorum rule and re-evaluate quorums.
@@ -546,7 +544,7 @@ class AckTracker:
             with self._lock:
                 overrides = _with_override(self._config.partition_rules, pid, override)
                 self._reconfigure(replace(self._config, partition_rules=overrides))
-        self._deliver()
+        self._events.deliver()
 
     def _reconfigure(self, config: _Config) -> None:
         """Check and install ``config``, then publish what it makes visible (lock held);
@@ -575,8 +573,7 @@ class AckTracker:
         """Call ``callback(partition_id, quorum_index)`` on every advance, in order."""
         if not callable(callback):
             raise InvalidArgumentError(f"callback must be callable, got {type(callback).__name__}")
-        with self._lock:
-            self._callbacks.append(callback)
+        self._events.subscribe(callback)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -604,7 +601,7 @@ class AckTracker:
         batch = _Batch.of_sorted(np.full(len(indices), pid, dtype=np.uint32), indices, rafts)
         with self._lock:
             self._land(batch)
-        self._deliver()
+        self._events.deliver()
 
     def record_landed_many(
         self,
@@ -634,7 +631,7 @@ class AckTracker:
         batch = _Batch.of_sorted(pids[order], indices[order], rafts[order])
         with self._lock:
             self._land(batch)
-        self._deliver()
+        self._events.deliver()
 
     def _land(self, batch: _Batch) -> None:
         """Check every group, evaluate the rules (which may raise), then change state."""
@@ -671,7 +668,7 @@ class AckTracker:
                 else:
                     self._acks[replica] = previous
                 raise
-        self._deliver()
+        self._events.deliver()
         return True
 
     def rollback(self, raft_index: int) -> int:
@@ -789,41 +786,11 @@ class AckTracker:
     def _publish(self, pid: int, partition: _Partition, quorum_raft_index: int) -> None:
         advanced = partition.advance(quorum_raft_index)
         if advanced is not None:
-            self._events.append((pid, advanced))
+            self._events.push((pid, advanced))
         if partition.pending:
             self._pending.add(pid)
         else:
             self._pending.discard(pid)
-
-    def _deliver(self) -> None:
-        """Drain queued advances to the callbacks, outside the lock, in order."""
-        with self._lock:
-            if self._delivering or not self._events:
-                return
-            self._delivering = True
-        first_error: Exception | None = None
-        drained = False
-        try:
-            while True:
-                with self._lock:
-                    if not self._events:
-                        self._delivering = False
-                        drained = True
-                        break
-                    pid, index = self._events.popleft()
-                    callbacks = tuple(self._callbacks)
-                for callback in callbacks:
-                    try:
-                        callback(pid, index)
-                    except Exception as exc:
-                        if first_error is None:
-                            first_error = exc
-        finally:
-            if not drained:
-                with self._lock:
-                    self._delivering = False
-        if first_error is not None:
-            raise first_error
 
 
 __all__ = [
