@@ -760,6 +760,27 @@ cdef class RecordReader:
         """Size of the mapped segment in bytes."""
         return self._source.len
 
+    cdef const unsigned char* _frame(self, object offsets, object lengths,
+                                     Py_ssize_t position, Py_ssize_t header_bytes,
+                                     long long index, bint verify,
+                                     uint64_t* length) except? NULL:
+        # The checked frame of the record at ``position`` (its payload size via
+        # ``length``), or NULL when it does not check out.
+        cdef const uint32_t* offset_column = _u32_column(offsets, position)
+        cdef const uint32_t* length_column = _u32_column(lengths, position)
+        cdef uint64_t offset = offset_column[position]
+        length[0] = length_column[position]
+        cdef const unsigned char* base = <const unsigned char*>self._source.buf
+        if header_bytes < 0 or index < 0:
+            raise ValueError("header_bytes and index must be >= 0")
+        if verify:
+            if _verify(base, self._source.len, offset, header_bytes, index,
+                       length[0]) != _OK:
+                return NULL
+        elif offset + _frame_bytes(header_bytes, length[0]) > <uint64_t>self._source.len:
+            return NULL
+        return base + offset
+
     cpdef object read(self, object offsets, object lengths, Py_ssize_t position,
                       Py_ssize_t header_bytes, long long index, bint verify):
         """The payload of the record at ``position`` of the segment's index.
@@ -767,19 +788,12 @@ cdef class RecordReader:
         With ``verify`` the frame's CRC, index and length are checked first. Returns
         None when the frame does not check out (call :func:`verify_frame` for why).
         """
-        cdef const uint32_t* offset_column = _u32_column(offsets, position)
-        cdef const uint32_t* length_column = _u32_column(lengths, position)
-        cdef uint64_t offset = offset_column[position]
-        cdef uint64_t length = length_column[position]
-        cdef const unsigned char* base = <const unsigned char*>self._source.buf
-        if header_bytes < 0 or index < 0:
-            raise ValueError("header_bytes and index must be >= 0")
-        if verify:
-            if _verify(base, self._source.len, offset, header_bytes, index, length) != _OK:
-                return None
-        elif offset + _frame_bytes(header_bytes, length) > <uint64_t>self._source.len:
+        cdef uint64_t length
+        cdef const unsigned char* frame = self._frame(
+            offsets, lengths, position, header_bytes, index, verify, &length)
+        if frame == NULL:
             return None
-        self._window = base + offset + _HDR + header_bytes
+        self._window = frame + _HDR + header_bytes
         self._window_bytes = <Py_ssize_t>length
         return PyMemoryView_FromObject(self)
 
@@ -790,19 +804,12 @@ cdef class RecordReader:
         Both come from the frame itself (checked first with ``verify``); None when the
         frame does not check out.
         """
-        cdef const uint32_t* offset_column = _u32_column(offsets, position)
-        cdef const uint32_t* length_column = _u32_column(lengths, position)
-        cdef uint64_t offset = offset_column[position]
-        cdef uint64_t length = length_column[position]
-        cdef const unsigned char* base = <const unsigned char*>self._source.buf
-        if header_bytes < 0 or index < 0:
-            raise ValueError("header_bytes and index must be >= 0")
-        if verify:
-            if _verify(base, self._source.len, offset, header_bytes, index, length) != _OK:
-                return None
-        elif offset + _frame_bytes(header_bytes, length) > <uint64_t>self._source.len:
+        cdef uint64_t length
+        cdef const unsigned char* frame = self._frame(
+            offsets, lengths, position, header_bytes, index, verify, &length)
+        if frame == NULL:
             return None
-        cdef const char* header = <const char*>(base + offset + _HDR)
+        cdef const char* header = <const char*>(frame + _HDR)
         return (PyBytes_FromStringAndSize(header, header_bytes),
                 PyBytes_FromStringAndSize(header + header_bytes, <Py_ssize_t>length))
 
