@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from segstore.errors import (
     NotAStoreError,
     PartitionError,
 )
-from segstore.partitions import PARTITIONS_DIR, PartitionLogs
+from segstore.partitions import PARTITIONS_DIR, PartitionLogs, PartitionLogStore
 from segstore.raft.log_entry import (
     DUMMY_ENTRY,
     U32_MAX,
@@ -216,6 +216,7 @@ class SegmentedLogStore(LogStore):
         self._route_error: BaseException | None = None
         self._failure: BaseException | None = None
         self._stopping = False
+        self._stop = threading.Event()  # wakes the router out of its batching wait
         self._closed = False
         self._log.on_durable(self._on_durable)
         self._router_thread = threading.Thread(
@@ -239,6 +240,7 @@ class SegmentedLogStore(LogStore):
         finally:
             self._closed = True
             self._stopping = True
+            self._stop.set()
             self._route_wakeup.set()
             self._router_thread.join()
             self._close_parts()
@@ -658,9 +660,11 @@ class SegmentedLogStore(LogStore):
         self._router.checkpoint()
         self._truncate_physically()
 
-    def partition_log(self, partition_id: int) -> Any:
+    def partition_log(self, partition_id: int) -> AbstractContextManager[PartitionLogStore]:
         """A context manager yielding partition ``partition_id``'s log (kept open)."""
-        assert self._partitions is not None
+        self._check_open()
+        if self._partitions is None:
+            raise ClosedError(f"SegmentedLogStore {self.path} is closed")
         return self._partitions.pinned(partition_id)
 
     def partition_next_indices(self) -> dict[int, int]:
@@ -674,9 +678,8 @@ class SegmentedLogStore(LogStore):
         routed_since = 0
         while not self._stopping:
             self._route_wakeup.wait()
-            if self._stopping:
-                return
-            time.sleep(ROUTE_INTERVAL_S)  # let durable records pile up into one batch
+            if self._stopping or self._stop.wait(ROUTE_INTERVAL_S):
+                return  # (the wait lets durable records pile up into one batch)
             self._route_wakeup.clear()
             try:
                 routed_since += self._router.route(self._log.durable_index)
