@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aof_helpers import open_aof
+from crash_sweep import sweep
 from crash_writer import HEADER_DTYPE, header_for, payload_for
 
 from segstore.aof.aof import Aof
@@ -29,19 +31,8 @@ from segstore.aof.fileio import FileIO
 from segstore.errors import SegstoreError
 from segstore.testing.faults import FaultyIO
 
-SEGMENT_BYTES = 64 << 10
 WRITER = Path(__file__).with_name("crash_writer.py")
 Record = tuple[bytes, tuple[int, int, int]]
-
-
-def open_aof(path: Path, io: FileIO | None = None, **kwargs: object) -> Aof:
-    options: dict[str, object] = {
-        "header_dtype": HEADER_DTYPE,
-        "segment_bytes": SEGMENT_BYTES,
-        "autosync": False,
-    }
-    options.update(kwargs)
-    return Aof.open(path, io=io or FileIO(), **options)  # type: ignore[arg-type]
 
 
 def close_quietly(aof: Aof | None) -> None:
@@ -256,21 +247,6 @@ def run_crash_case(
     close_quietly(workload.aof)
     verify_after_crash(path, workload.model)
     return ops
-
-
-def sweep(cases: list[tuple[str, Callable[[], object]]]) -> None:
-    """Run every case; fail with all distinct failures (not just the first)."""
-    failures: dict[str, list[str]] = {}
-    for name, case in cases:
-        try:
-            case()
-        except (AssertionError, SegstoreError) as exc:
-            lines = str(exc).splitlines() or [repr(exc)]
-            message = f"{type(exc).__name__}: {lines[0][:160]}"
-            failures.setdefault(message, []).append(name)
-    assert not failures, "\n".join(
-        f"{len(names)} case(s), e.g. {names[:3]}: {message}" for message, names in failures.items()
-    )
 
 
 def count_ops(tmp_path: Path) -> int:

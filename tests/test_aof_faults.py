@@ -12,47 +12,13 @@ import threading
 from contextlib import suppress
 from pathlib import Path
 
-import numpy as np
 import pytest
-from crash_writer import HEADER_DTYPE, header_for, payload_for
+from aof_helpers import append_range, assert_intact, batch, open_aof
+from crash_writer import header_for, payload_for
 
 from segstore.aof.aof import Aof
-from segstore.aof.fileio import FileIO
 from segstore.errors import FailedStateError, SegstoreError, StorageIOError
 from segstore.testing.faults import FaultyIO
-
-SEGMENT_BYTES = 64 << 10
-
-
-def open_aof(path: Path, io: FileIO | None = None, **kwargs: object) -> Aof:
-    options: dict[str, object] = {
-        "header_dtype": HEADER_DTYPE,
-        "segment_bytes": SEGMENT_BYTES,
-        "autosync": False,
-    }
-    options.update(kwargs)
-    return Aof.open(path, io=io or FileIO(), **options)  # type: ignore[arg-type]
-
-
-def append_range(aof: Aof, start: int, stop: int) -> None:
-    for index in range(start, stop):
-        assert aof.append(payload_for(index), header_for(index)) == index
-
-
-def batch(aof: Aof, start: int, stop: int) -> int:
-    indices = range(start, stop)
-    headers = np.array([header_for(i) for i in indices], HEADER_DTYPE)
-    return aof.append_batch([payload_for(i) for i in indices], headers)
-
-
-def assert_intact(aof: Aof, start: int, stop: int) -> None:
-    """Records [start, stop) hold exactly the payloads and headers derived from the index."""
-    if start >= stop:
-        return
-    views = aof.read_range(start, stop)
-    assert [bytes(v) for v in views] == [payload_for(i) for i in range(start, stop)]
-    expected = np.array([header_for(i) for i in range(start, stop)], HEADER_DTYPE)
-    assert aof.headers(start, stop).tobytes() == expected.tobytes()
 
 
 def close_quietly(aof: Aof) -> None:

@@ -18,7 +18,6 @@ import errno
 import itertools
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crash_sweep import sweep
 from segmented_crash_writer import (
     PAYLOAD_HEAD,
     Driver,
@@ -457,22 +457,6 @@ def run_power_case(
         close_quietly(store)
     verify_store(path, expected, f"seed {seed}")
     return ops
-
-
-def sweep(cases: list[tuple[str, Callable[[], object]]]) -> None:
-    """Run every case; fail with all distinct failures (not just the first)."""
-    failures: dict[str, list[str]] = {}
-    for name, case in cases:
-        try:
-            case()
-        except (AssertionError, SegstoreError) as exc:
-            lines = str(exc).splitlines() or [repr(exc)]
-            first = re.sub(r"/\S*/(p|k|s)\d+/", "<store>/", lines[0])
-            message = f"{type(exc).__name__}: {first[:240]}"
-            failures.setdefault(message, []).append(name)
-    assert not failures, "\n".join(
-        f"{len(names)} case(s), e.g. {names[:3]}: {message}" for message, names in failures.items()
-    )
 
 
 def count_ops(tmp_path: Path, parallel: bool = False) -> int:
