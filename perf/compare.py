@@ -22,6 +22,7 @@ Exit status: 0 (the table is a report, not a gate; the gate is ``pytest perf/``)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -140,7 +141,8 @@ def _default_dir() -> Path:
     return PERF_DIR / ".scratch"
 
 
-def _fmt(v: float | None) -> str:
+def fmt_value(v: float | None) -> str:
+    """A measurement for a report table: thousands separators for big values."""
     if v is None:
         return "-"
     if v >= 10_000:
@@ -150,6 +152,52 @@ def _fmt(v: float | None) -> str:
     if v >= 1:
         return f"{v:.2f}"
     return f"{v:.4f}"
+
+
+def run_in_scratch(
+    run: Callable[[Path], dict[str, float]],
+    parent: Path,
+    prefix: str,
+    label: str,
+    errors: list[str],
+) -> dict[str, float] | None:
+    """``run(dir)`` in a fresh scratch directory, removed afterwards.
+
+    A failure is recorded in ``errors`` (and printed with its traceback) so one broken
+    workload does not stop the comparison; None then.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        return run(root)
+    except Exception as e:
+        msg = f"{label}: {type(e).__name__}: {e}"
+        errors.append(msg)
+        print(f"ERROR {msg}", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_group(
+    group: Group,
+    factory: Callable[[Path], LogLike],
+    scale: float,
+    want: tuple[str, ...],
+    root: Path,
+) -> dict[str, float]:
+    return group.run(factory, root, scale, want)
+
+
+def write_report(out: Path, text: str, payload: dict[str, object]) -> None:
+    """Print the markdown report and write it to ``out``, with ``payload`` as JSON beside."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    out.with_suffix(".json").write_text(
+        json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8"
+    )
+    print(f"written {out}", file=sys.stderr)
 
 
 def _median(samples: dict[str, dict[str, list[float]]], store: str, key: str) -> float | None:
@@ -178,7 +226,7 @@ def build_table(
             if row.segstore_only and s != "segstore":
                 cells.append("n/a")
             else:
-                cells.append("ERR" if bad and med[s] is None else _fmt(med[s]))
+                cells.append("ERR" if bad and med[s] is None else fmt_value(med[s]))
         seg = med.get("segstore")
         raw = _median(samples, "raw", row.raw_key or row.key) if "raw" in stores else None
         ratio = seg / raw if seg is not None and raw else None
@@ -308,20 +356,18 @@ def main(argv: list[str] | None = None) -> int:
             k = (rep + gi) % len(stores)
             for store in stores[k:] + stores[:k]:
                 want = tuple(w for w in group.workloads if w in selected)
-                root = Path(tempfile.mkdtemp(prefix=f"cmp-{store}-", dir=args.dir))
-                try:
-                    metrics = group.run(STORES[store], root, args.scale, want)
-                except Exception as e:
-                    msg = f"{group.name} rep {rep + 1}: {type(e).__name__}: {e}"
-                    errors[store].append(msg)
-                    print(f"[{store}] ERROR {msg}", file=sys.stderr)
-                    traceback.print_exc(file=sys.stderr)
+                metrics = run_in_scratch(
+                    functools.partial(_run_group, group, STORES[store], args.scale, want),
+                    args.dir,
+                    f"cmp-{store}-",
+                    f"[{store}] {group.name} rep {rep + 1}",
+                    errors[store],
+                )
+                if metrics is None:
                     continue
-                finally:
-                    shutil.rmtree(root, ignore_errors=True)
                 for key, v in metrics.items():
                     samples[store].setdefault(key, []).append(v)
-                shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+                shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in metrics.items())
                 print(f"rep {rep + 1}/{args.repeat} {store:8s} {shown}", file=sys.stderr)
 
     lines = [
@@ -336,25 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     if errs:
         lines += ["", "Errors:", *errs]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "scale": args.scale,
-                "repeat": args.repeat,
-                "stores": stores,
-                "segstore_missing": missing,
-                "samples": samples,
-                "errors": errors,
-            },
-            indent=1,
-            sort_keys=True,
-        ),
-        encoding="utf-8",
+    write_report(
+        args.out,
+        text,
+        {
+            "scale": args.scale,
+            "repeat": args.repeat,
+            "stores": stores,
+            "segstore_missing": missing,
+            "samples": samples,
+            "errors": errors,
+        },
     )
-    print(f"written {args.out}", file=sys.stderr)
     return 0
 
 

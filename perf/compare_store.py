@@ -19,15 +19,11 @@ at scale 1, so scaled verdicts are indicative only. Exit status 0: a report, not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +38,7 @@ import numpy as np  # noqa: E402
 import store_workloads as sw  # noqa: E402
 import workloads as wl  # noqa: E402
 from baselines import RawLog, SegstoreLog  # noqa: E402
+from compare import fmt_value, run_in_scratch, write_report  # noqa: E402
 
 from segstore.raft import LogEntry  # noqa: E402
 
@@ -131,18 +128,6 @@ def make_jobs(scale: float, work: list[LogEntry]) -> list[Job]:
     ]
 
 
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if v >= 10_000:
-        return f"{v:,.0f}"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 1:
-        return f"{v:.2f}"
-    return f"{v:.4f}"
-
-
 def _median(samples: Samples, key: str | None) -> float | None:
     vals = samples.get(key or "")
     return statistics.median(vals) if vals else None
@@ -166,7 +151,7 @@ def build_table(samples: Samples) -> list[str]:
             if seg is not None:
                 ok = seg >= row.bound if row.higher_is_better else seg <= row.bound
                 verdict = "PASS" if ok else "FAIL"
-        cells = [row.id, row.label, _fmt(seg), row.base_label, _fmt(base),
+        cells = [row.id, row.label, fmt_value(seg), row.base_label, fmt_value(base),
                  f"{ratio:.2f}x" if ratio is not None else "-", row.target_text,
                  verdict]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -182,7 +167,7 @@ def _env_lines(args: argparse.Namespace, samples: Samples, entries: int) -> list
         f"- repeat {args.repeat} (median shown), scale {args.scale}, data under {args.dir}",
         f"- S1-S4: {entries:,} entries of {wl.PAYLOAD_BYTES}-byte payloads (+16-byte "
         f"partition header) over {sw.PARTITIONS} partitions, batches of {sw.S1_BATCH}; "
-        f"S5: writer SIGKILLed at ~{_fmt(killed)} entries (batches of {sw.S5_WRITER_BATCH})",
+        f"S5: writer SIGKILLed at ~{fmt_value(killed)} entries (batches of {sw.S5_WRITER_BATCH})",
         *(["- scale < 1: targets are defined at scale 1; verdicts indicative"]
           if args.scale < 1 else []),
     ]  # fmt: skip
@@ -206,20 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeat):
         k = rep % len(jobs)
         for job in jobs[k:] + jobs[:k]:
-            root = Path(tempfile.mkdtemp(prefix="store-", dir=args.dir))
-            try:
-                metrics = job.run(root)
-            except Exception as e:
-                msg = f"{job.name} rep {rep + 1}: {type(e).__name__}: {e}"
-                errors.append(msg)
-                print(f"ERROR {msg}", file=sys.stderr)
-                traceback.print_exc(file=sys.stderr)
+            metrics = run_in_scratch(
+                job.run, args.dir, "store-", f"{job.name} rep {rep + 1}", errors
+            )
+            if metrics is None:
                 continue
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
             for key, v in metrics.items():
                 samples.setdefault(job.prefix + key, []).append(v)
-            shown = ", ".join(f"{key}={_fmt(v)}" for key, v in metrics.items())
+            shown = ", ".join(f"{key}={fmt_value(v)}" for key, v in metrics.items())
             print(f"rep {rep + 1}/{args.repeat} {job.name:10s} {shown}", file=sys.stderr)
 
     lines = [
@@ -233,18 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         lines += ["", "Errors:", *(f"- {e}" for e in errors)]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {"scale": args.scale, "repeat": args.repeat, "samples": samples, "errors": errors},
-            indent=1,
-            sort_keys=True,
-        ),
-        encoding="utf-8",
+    write_report(
+        args.out,
+        text,
+        {"scale": args.scale, "repeat": args.repeat, "samples": samples, "errors": errors},
     )
-    print(f"written {args.out}", file=sys.stderr)
     return 0
 
 
