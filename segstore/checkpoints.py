@@ -20,25 +20,47 @@ key (ASCII bytes)         value
 ``routed_raft_index``     u64 little-endian: every log record up to this raft index
                           was routed to its partition log and checkpointed
                           (absent: 0)
+``applied_raft_floor``    u64 little-endian: every committed log entry up to this
+                          raft index is applied and covered by the ``applied``
+                          checkpoints (the state machine's durable
+                          ``last_commit_index``; absent: 0)
+``raft_snapshot``         the latest Raft snapshot, opaque bytes written by
+                          :mod:`segstore.raft.segmented_state_machine` (absent: none)
 ========================  =======================================================
 
 Named database ``partitions`` (one entry per partition):
 
 * key: the partition id as a big-endian u32 (4 bytes), so cursor order is id order;
-* value: 40 bytes, little-endian, struct ``<B7xQQQQ``:
+* value: 32 bytes, little-endian, struct ``<B7xQQQ``:
+
+======  =====  ======================  ==============================================
+offset  size   field                   meaning
+======  =====  ======================  ==============================================
+0       1      ``version``             value layout version, currently 2
+1       7      reserved                zero
+8       8      ``durable_index``       u64: highest partition index durable in the
+                                       partition's Aof (0: none)
+16      8      ``durable_raft_index``  u64: raft index of that record (0: none)
+24      8      ``first_index``         u64: the partition log's first retained
+                                       index (>= 1)
+======  =====  ======================  ==============================================
+
+Named database ``applied`` (one entry per partition whose state machine applied
+something; written only by the state-machine layer, never by the router, so the two
+writers never overwrite each other's fields):
+
+* key: the partition id as a big-endian u32;
+* value: a 24-byte head, struct ``<B7xQQ``, then the snapshot bytes:
 
 ======  =====  ======================  ==============================================
 offset  size   field                   meaning
 ======  =====  ======================  ==============================================
 0       1      ``version``             value layout version, currently 1
 1       7      reserved                zero
-8       8      ``durable_index``       u64: highest partition index durable in the
-                                       partition's Aof (0: none)
-16      8      ``durable_raft_index``  u64: raft index of that record (0: none)
-24      8      ``applied_index``       u64: the partition state machine's applied
-                                       partition index (0: none)
-32      8      ``first_index``         u64: the partition log's first retained
-                                       index (>= 1)
+8       8      ``applied_index``       u64: the last partition index the snapshot
+                                       includes (0: none)
+16      8      ``applied_raft_index``  u64: raft index of that entry (0: none)
+24      rest   ``snapshot``            the partition state machine's ``snapshot()``
 ======  =====  ======================  ==============================================
 
 A value of another size, another version or with non-zero reserved bytes is
@@ -72,11 +94,14 @@ from segstore.errors import (
 CHECKPOINTS_NAME = "checkpoints.lmdb"
 """Name of the checkpoint environment directory inside a store directory."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the environment as a whole (the ``format_version`` meta entry)."""
 
-VALUE_VERSION = 1
-"""Version byte of every checkpoint value."""
+VALUE_VERSION = 2
+"""Version byte of every ``partitions`` value."""
+
+APPLIED_VERSION = 1
+"""Version byte of every ``applied`` value."""
 
 MAP_SIZE_DEFAULT = 1 << 30
 """LMDB map size: 1 GiB holds tens of millions of 40-byte entries; the file stays sparse."""
@@ -85,14 +110,18 @@ STORE_ID_MAX_BYTES = 255
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 
-_VALUE = struct.Struct("<B7xQQQQ")
+_VALUE = struct.Struct("<B7xQQQ")
+_APPLIED_HEAD = struct.Struct("<B7xQQ")
 _KEY = struct.Struct(">I")
 _VERSION = struct.Struct("<I")
 _META_DB = b"meta"
 _PARTITIONS_DB = b"partitions"
+_APPLIED_DB = b"applied"
 _STORE_ID_KEY = b"store_id"
 _FORMAT_VERSION_KEY = b"format_version"
 _ROUTED_KEY = b"routed_raft_index"
+_FLOOR_KEY = b"applied_raft_floor"
+_RAFT_SNAPSHOT_KEY = b"raft_snapshot"
 _U64 = struct.Struct("<Q")
 _RESERVED_OFFSET = 1
 _RESERVED_BYTES = 7
@@ -124,30 +153,24 @@ class PartitionCheckpoint:
 
     ``durable_index``: highest partition log index durable in the partition's Aof (0 if
     none); ``durable_raft_index``: raft index of that record (0 if none);
-    ``applied_index``: the partition state machine's applied partition index;
     ``first_index``: the partition log's first retained index.
     """
 
     durable_index: int
     durable_raft_index: int
-    applied_index: int = 0
     first_index: int = 1
 
     def __post_init__(self) -> None:
         # Validate at construction so a bad checkpoint can never reach a transaction.
-        for name in ("durable_index", "durable_raft_index", "applied_index", "first_index"):
+        for name in ("durable_index", "durable_raft_index", "first_index"):
             object.__setattr__(self, name, _as_uint(getattr(self, name), name, U64_MAX))
         if self.first_index < 1:
             raise InvalidArgumentError("first_index must be at least 1 (indices start at 1)")
 
     def encode(self) -> bytes:
-        """The 40-byte value stored in LMDB (layout in the module docstring)."""
+        """The 32-byte value stored in LMDB (layout in the module docstring)."""
         return _VALUE.pack(
-            VALUE_VERSION,
-            self.durable_index,
-            self.durable_raft_index,
-            self.applied_index,
-            self.first_index,
+            VALUE_VERSION, self.durable_index, self.durable_raft_index, self.first_index
         )
 
     @classmethod
@@ -162,10 +185,54 @@ class PartitionCheckpoint:
             )
         if any(data[_RESERVED_OFFSET : _RESERVED_OFFSET + _RESERVED_BYTES]):
             raise CorruptionError(path, 0, f"{where} has non-zero reserved bytes")
-        _, durable, durable_raft, applied, first = _VALUE.unpack(data)
+        _, durable, durable_raft, first = _VALUE.unpack(data)
         if first < 1:
             raise CorruptionError(path, 0, f"{where} has first_index 0")
-        return cls(durable, durable_raft, applied, first)
+        return cls(durable, durable_raft, first)
+
+
+@dataclass(frozen=True)
+class AppliedCheckpoint:
+    """What a partition's state machine applied, with the snapshot of its state then.
+
+    ``applied_index``: the last partition index the snapshot includes (0 if none);
+    ``applied_raft_index``: the raft index of that entry; ``snapshot``: the bytes of
+    the partition state machine's ``snapshot()``.
+    """
+
+    applied_index: int
+    applied_raft_index: int
+    snapshot: bytes = b""
+
+    def __post_init__(self) -> None:
+        for name in ("applied_index", "applied_raft_index"):
+            object.__setattr__(self, name, _as_uint(getattr(self, name), name, U64_MAX))
+        if not isinstance(self.snapshot, bytes):
+            raise InvalidArgumentError(
+                f"snapshot must be bytes, not {type(self.snapshot).__name__}"
+            )
+
+    def encode(self) -> bytes:
+        """The stored value: 24-byte head, then the snapshot (module docstring)."""
+        head = _APPLIED_HEAD.pack(APPLIED_VERSION, self.applied_index, self.applied_raft_index)
+        return head + self.snapshot
+
+    @classmethod
+    def decode(cls, data: bytes, path: str, partition_id: int) -> AppliedCheckpoint:
+        """Parse a stored value; :class:`CorruptionError` if it is not one we wrote."""
+        where = f"applied checkpoint of partition {partition_id}"
+        if len(data) < _APPLIED_HEAD.size:
+            raise CorruptionError(
+                path, 0, f"{where} has {len(data)} bytes, fewer than {_APPLIED_HEAD.size}"
+            )
+        if data[0] != APPLIED_VERSION:
+            raise CorruptionError(
+                path, 0, f"{where} has value version {data[0]}, expected {APPLIED_VERSION}"
+            )
+        if any(data[_RESERVED_OFFSET : _RESERVED_OFFSET + _RESERVED_BYTES]):
+            raise CorruptionError(path, 0, f"{where} has non-zero reserved bytes")
+        _, applied, applied_raft = _APPLIED_HEAD.unpack_from(data)
+        return cls(applied, applied_raft, bytes(data[_APPLIED_HEAD.size :]))
 
 
 class CheckpointStore:
@@ -214,7 +281,7 @@ class CheckpointStore:
             env = lmdb.open(
                 path,
                 map_size=map_size,
-                max_dbs=2,
+                max_dbs=3,
                 subdir=True,
                 create=create,
                 sync=True,
@@ -234,6 +301,7 @@ class CheckpointStore:
         try:
             self._meta = env.open_db(_META_DB, create=True)
             self._partitions = env.open_db(_PARTITIONS_DB, create=True)
+            self._applied = env.open_db(_APPLIED_DB, create=True)
             self._check_or_record_identity(store_id, create)
         except BaseException:
             env.close()
@@ -334,15 +402,45 @@ class CheckpointStore:
 
     def routed_raft_index(self) -> int:
         """The raft index up to which every log record was routed and checkpointed."""
-        with self._lock:
-            self._check_open()
-            with self._env.begin(db=self._meta) as txn:
-                raw = txn.get(_ROUTED_KEY)
+        return self._read_meta_u64(_ROUTED_KEY)
+
+    def applied_raft_floor(self) -> int:
+        """Every committed entry up to this raft index is applied and checkpointed."""
+        return self._read_meta_u64(_FLOOR_KEY)
+
+    def _read_meta_u64(self, key: bytes) -> int:
+        raw = self._read_meta(key)
         if raw is None:
             return 0
         if len(raw) != _U64.size:
-            raise CorruptionError(self.path, 0, "routed_raft_index entry is not 8 bytes")
+            raise CorruptionError(self.path, 0, f"{key.decode()} entry is not 8 bytes")
         return int(_U64.unpack(raw)[0])
+
+    def _read_meta(self, key: bytes) -> bytes | None:
+        with self._lock:
+            self._check_open()
+            with self._env.begin(db=self._meta) as txn:
+                raw = txn.get(key)
+        return None if raw is None else bytes(raw)
+
+    def raft_snapshot(self) -> bytes | None:
+        """The latest Raft snapshot stored with :meth:`write_applied`, or None."""
+        return self._read_meta(_RAFT_SNAPSHOT_KEY)
+
+    def read_applied_all(self) -> dict[int, AppliedCheckpoint]:
+        """Every partition's applied checkpoint, in partition id order."""
+        with self._lock:
+            self._check_open()
+            out: dict[int, AppliedCheckpoint] = {}
+            with self._env.begin(db=self._applied) as txn:
+                for key, raw in txn.cursor():
+                    if len(key) != _KEY.size:
+                        raise CorruptionError(
+                            self.path, 0, f"applied key {bytes(key).hex()} is not 4 bytes"
+                        )
+                    (pid,) = _KEY.unpack(key)
+                    out[pid] = AppliedCheckpoint.decode(bytes(raw), self.path, pid)
+            return out
 
     # -- writing -------------------------------------------------------------------
 
@@ -386,6 +484,43 @@ class CheckpointStore:
             cursor.putmulti(items)
             if routed is not None:
                 txn.put(_ROUTED_KEY, routed, db=self._meta)
+
+        self._write_txn(apply)
+
+    def write_applied(
+        self,
+        updates: Mapping[int, AppliedCheckpoint],
+        *,
+        applied_raft_floor: int,
+        raft_snapshot: bytes | None = None,
+    ) -> None:
+        """Store applied checkpoints, the applied floor and optionally a Raft snapshot,
+        all in one durable write transaction (all or nothing)."""
+        floor = _U64.pack(_as_uint(applied_raft_floor, "applied_raft_floor", U64_MAX))
+        if not isinstance(updates, Mapping):
+            raise InvalidArgumentError(
+                f"updates must be a mapping of partition id to AppliedCheckpoint, "
+                f"not {type(updates).__name__}"
+            )
+        if raft_snapshot is not None and not isinstance(raft_snapshot, bytes):
+            raise InvalidArgumentError("raft_snapshot must be bytes or None")
+        items: list[tuple[bytes, bytes]] = []
+        for pid, checkpoint in updates.items():
+            key = _KEY.pack(check_partition_id(pid))
+            if not isinstance(checkpoint, AppliedCheckpoint):
+                raise InvalidArgumentError(
+                    f"applied checkpoint of partition {pid} must be an AppliedCheckpoint, "
+                    f"not {type(checkpoint).__name__}"
+                )
+            items.append((key, checkpoint.encode()))
+        items.sort()
+
+        def apply(txn: Any) -> None:
+            if items:
+                txn.cursor(db=self._applied).putmulti(items)
+            txn.put(_FLOOR_KEY, floor, db=self._meta)
+            if raft_snapshot is not None:
+                txn.put(_RAFT_SNAPSHOT_KEY, raft_snapshot, db=self._meta)
 
         self._write_txn(apply)
 
@@ -444,8 +579,10 @@ class CheckpointStore:
 __all__ = [
     "CHECKPOINTS_NAME",
     "FORMAT_VERSION",
+    "APPLIED_VERSION",
     "MAP_SIZE_DEFAULT",
     "VALUE_VERSION",
+    "AppliedCheckpoint",
     "CheckpointStore",
     "PartitionCheckpoint",
     "check_partition_id",

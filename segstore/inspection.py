@@ -486,13 +486,13 @@ def _print_checkpoints(store: _Store, out: TextIO) -> None:
         return
     print(
         f"  {'partition':>10} {'durable index':>14} {'durable raft':>14}"
-        f" {'applied index':>14} {'first index':>12}",
+        f" {'first index':>12}",
         file=out,
     )
     for pid, checkpoint in store.checkpoint_of.items():
         print(
             f"  {pid:>10} {checkpoint.durable_index:>14} {checkpoint.durable_raft_index:>14}"
-            f" {checkpoint.applied_index:>14} {checkpoint.first_index:>12}",
+            f" {checkpoint.first_index:>12}",
             file=out,
         )
 

@@ -83,14 +83,21 @@ class Router:
         Records not yet routed are needed, and so is everything after a partition's
         checkpoint while that partition has routed records above it.
         """
+        return self.required_raft_indices()[0]
+
+    def required_raft_indices(self) -> tuple[int, dict[int, int]]:
+        """``required_raft_index`` and, for each partition with routed records not
+        yet checkpointed, the raft index after its checkpoint."""
         with self._lock:
             required = self._routed + 1
+            by_partition: dict[int, int] = {}
             for pid, last_raft in self._last_raft.items():
                 checkpoint = self._checkpoint_of.get(pid)
                 checkpointed_raft = checkpoint.durable_raft_index if checkpoint else 0
                 if last_raft > checkpointed_raft:
+                    by_partition[pid] = checkpointed_raft + 1
                     required = min(required, checkpointed_raft + 1)
-            return required
+            return required, by_partition
 
     def next_indices_through(self, raft_index: int) -> dict[int, int]:
         """Partition next indices once everything up to ``raft_index`` is routed.
@@ -265,7 +272,6 @@ class Router:
                         lowered[pid] = PartitionCheckpoint(
                             durable_index=last_kept,
                             durable_raft_index=int(raft[keep - 1]) if keep else 0,
-                            applied_index=min(checkpoint.applied_index, last_kept),
                             first_index=checkpoint.first_index,
                         )
                     plans[pid] = plog

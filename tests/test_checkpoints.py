@@ -71,35 +71,34 @@ def test_round_trip(store: CheckpointStore) -> None:
     assert store.read_all() == {}
     assert store.read(7) is None
     updates = {
-        7: PartitionCheckpoint(5, 50, applied_index=3, first_index=2),
+        7: PartitionCheckpoint(5, 50, first_index=2),
         0: PartitionCheckpoint(0, 0),
-        2**32 - 1: PartitionCheckpoint(U64_MAX, U64_MAX, U64_MAX, U64_MAX),
+        2**32 - 1: PartitionCheckpoint(U64_MAX, U64_MAX, U64_MAX),
     }
     store.write(updates)
     assert store.read(7) == updates[7]
-    assert store.read(0) == PartitionCheckpoint(0, 0, 0, 1)
+    assert store.read(0) == PartitionCheckpoint(0, 0, 1)
     assert store.read_all() == updates
     assert list(store.read_all()) == [0, 7, 2**32 - 1]  # cursor order is id order
 
-    store.write({7: PartitionCheckpoint(6, 60, 6, 2)})  # overwrite one, keep the rest
-    assert store.read(7) == PartitionCheckpoint(6, 60, 6, 2)
+    store.write({7: PartitionCheckpoint(6, 60, 2)})  # overwrite one, keep the rest
+    assert store.read(7) == PartitionCheckpoint(6, 60, 2)
     assert len(store.read_all()) == 3
 
 
 def test_value_layout_is_pinned() -> None:
-    """The bytes FORMAT.md documents: version, 7 reserved, four u64 little-endian."""
-    raw = PartitionCheckpoint(1, 0x0203, 4, 5).encode()
+    """The bytes FORMAT.md documents: version, 7 reserved, three u64 little-endian."""
+    raw = PartitionCheckpoint(1, 0x0203, 5).encode()
     assert raw == bytes.fromhex(
-        "01" + "00" * 7 + "0100000000000000" + "0302000000000000"
-        "0400000000000000" + "0500000000000000"
+        "02" + "00" * 7 + "0100000000000000" + "0302000000000000" + "0500000000000000"
     )
-    assert PartitionCheckpoint.decode(raw, "x", 1) == PartitionCheckpoint(1, 0x0203, 4, 5)
+    assert PartitionCheckpoint.decode(raw, "x", 1) == PartitionCheckpoint(1, 0x0203, 5)
 
 
 def test_many_partitions_in_one_write_transaction(store: CheckpointStore) -> None:
     counting = _CountingEnv(store._env)
     store._env = counting
-    updates = {pid: PartitionCheckpoint(pid, pid * 3, pid // 2) for pid in range(1024)}
+    updates = {pid: PartitionCheckpoint(pid, pid * 3, pid // 2 + 1) for pid in range(1024)}
     store.write(updates)
     assert counting.write_txns == 1
     store.delete(range(0, 1024, 2))
@@ -108,7 +107,7 @@ def test_many_partitions_in_one_write_transaction(store: CheckpointStore) -> Non
 
 
 def test_reopen_persists(path: Path) -> None:
-    updates = {pid: PartitionCheckpoint(pid + 1, pid + 10, 0, 1) for pid in range(20)}
+    updates = {pid: PartitionCheckpoint(pid + 1, pid + 10, 1) for pid in range(20)}
     with CheckpointStore.open(path, store_id=STORE_ID) as s:
         s.write(updates)
         s.delete([3, 4, 99])
@@ -188,7 +187,7 @@ def test_bad_partition_ids(store: CheckpointStore, pid: Any) -> None:
         (-1, 0),
         (0, -1),
         (0, 0, -1),
-        (0, 0, 0, 0),  # first_index starts at 1
+        (0, 0, 0),  # first_index starts at 1
         (2**64, 0),
         (1.0, 0),
         ("1", 0),
@@ -222,11 +221,11 @@ def test_bad_write_input_changes_nothing(store: CheckpointStore) -> None:
 @pytest.mark.parametrize(
     ("value", "what"),
     [
-        (PartitionCheckpoint(1, 1).encode()[:-1], "39 bytes"),
-        (PartitionCheckpoint(1, 1).encode() + b"\0", "41 bytes"),
-        (b"\x02" + PartitionCheckpoint(1, 1).encode()[1:], "value version 2"),
-        (b"\x01\x01" + PartitionCheckpoint(1, 1).encode()[2:], "reserved"),
-        (PartitionCheckpoint(1, 1).encode()[:32] + bytes(8), "first_index 0"),
+        (PartitionCheckpoint(1, 1).encode()[:-1], "31 bytes"),
+        (PartitionCheckpoint(1, 1).encode() + b"\0", "33 bytes"),
+        (b"\x01" + PartitionCheckpoint(1, 1).encode()[1:], "value version 1"),
+        (b"\x02\x01" + PartitionCheckpoint(1, 1).encode()[2:], "reserved"),
+        (PartitionCheckpoint(1, 1).encode()[:24] + bytes(8), "first_index 0"),
     ],
 )
 def test_corrupt_value_is_loud(store: CheckpointStore, value: bytes, what: str) -> None:
@@ -275,7 +274,6 @@ def test_full_map_is_a_clear_error_and_changes_nothing(path: Path) -> None:
 
 _checkpoints = st.builds(
     PartitionCheckpoint,
-    st.integers(0, U64_MAX),
     st.integers(0, U64_MAX),
     st.integers(0, U64_MAX),
     st.integers(1, U64_MAX),

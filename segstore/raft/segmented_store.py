@@ -211,6 +211,7 @@ class SegmentedLogStore(LogStore):
         self._notify = notify
         self._pending: list[LogEntry] = []
         self._pending_rows: list[tuple[int, int, int, int, int]] = []
+        self._retention: list[Callable[[], int]] = []
         self._next_partition_index = next_indices
         self._route_wakeup = threading.Event()
         self._route_error: BaseException | None = None
@@ -605,8 +606,35 @@ class SegmentedLogStore(LogStore):
     def _truncate_physically(self) -> None:
         with self._router.paused():
             below = min(self._start_index, self._router.required_raft_index())
+            for hold in self._retention:
+                below = min(below, hold())
             if below > self._log.first_index:
                 self._log.truncate_before(below)
+
+    def add_retention(self, required_raft_index: Callable[[], int]) -> None:
+        """Keep the log from ``required_raft_index()`` on, whatever ``compact`` allows.
+
+        The function returns the oldest raft index its owner still needs (the state
+        machines' and the quorum's terms of DESIGN.md invariant 6); it is called from
+        the router thread and from ``compact``, so it must be quick and thread-safe.
+        """
+        if not callable(required_raft_index):
+            raise InvalidArgumentError("required_raft_index must be callable")
+        self._retention.append(required_raft_index)
+
+    def truncate_to_watermark(self) -> int:
+        """Delete log segments below every holder's required raft index now; return
+        the log's first physically retained index."""
+        with self._lock:
+            self._check_writable()
+            self._truncate_physically()
+            return self._log.first_index
+
+    def required_raft_indices(self) -> tuple[int, dict[int, int]]:
+        """The partition logs' term of invariant 6: the oldest raft index the routing
+        and partition checkpoints still need, overall and per partition holding one."""
+        self._check_open()
+        return self._router.required_raft_indices()
 
     # -- durability --------------------------------------------------------------------
 
