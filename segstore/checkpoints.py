@@ -577,9 +577,9 @@ class CheckpointStore:
 
 
 __all__ = [
+    "APPLIED_VERSION",
     "CHECKPOINTS_NAME",
     "FORMAT_VERSION",
-    "APPLIED_VERSION",
     "MAP_SIZE_DEFAULT",
     "VALUE_VERSION",
     "AppliedCheckpoint",

@@ -485,8 +485,7 @@ def _print_checkpoints(store: _Store, out: TextIO) -> None:
     if not store.checkpoint_of:
         return
     print(
-        f"  {'partition':>10} {'durable index':>14} {'durable raft':>14}"
-        f" {'first index':>12}",
+        f"  {'partition':>10} {'durable index':>14} {'durable raft':>14} {'first index':>12}",
         file=out,
     )
     for pid, checkpoint in store.checkpoint_of.items():

@@ -493,6 +493,37 @@ class SegmentedLogStore(LogStore):
                 entries.extend(self._pending[max(start - aof_last - 1, 0) : end - aof_last - 1])
             return entries
 
+    def read_records(self, start: int, end: int) -> tuple[np.ndarray, list[bytes]]:
+        """Log header rows (``LOG_HEADER_DTYPE``: term, timestamp, partition index and
+        id, entry type) and values of the written records ``[start, end)``; one batch
+        read. What the state machine layer and tools consume; entries still buffered
+        by ``append`` are not included."""
+        check_range(start, end)
+        with self._lock:
+            self._check_open()
+            if start < self._log.first_index or end > self._log.last_index + 1:
+                raise IndexOutOfRangeError(
+                    f"records [{start}, {end}) are not inside the written log "
+                    f"[{self._log.first_index}, {self._log.last_index + 1})"
+                )
+            if start == end:
+                return np.empty(0, LOG_HEADER_DTYPE), []
+            return self._log.headers(start, end), self._log.read_range(start, end, copy=True)
+
+    def partition_of(self, index: int) -> tuple[int, int]:
+        """``(partition id, partition index)`` of the written entry at raft ``index``;
+        ``(NO_PARTITION, 0)`` for an entry of no partition."""
+        check_index("index", index)
+        with self._lock:
+            self._check_open()
+            if not self._log.first_index <= index <= self._log.last_index:
+                raise IndexOutOfRangeError(
+                    f"index {index} is not inside the written log "
+                    f"[{self._log.first_index}, {self._log.last_index}]"
+                )
+            _, _, pindex, pid, _ = _HEADER.unpack_from(self._log.header_raw(index))
+            return int(pid), int(pindex)
+
     def log_entries_ext(
         self, start: int, end: int, batch_size_hint_in_bytes: int = 0
     ) -> list[LogEntry] | None:
