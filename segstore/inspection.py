@@ -30,7 +30,12 @@ from tqdm import tqdm
 
 from segstore.aof import Aof
 from segstore.aof.format import META_NAME
-from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore, PartitionCheckpoint
+from segstore.checkpoints import (
+    CHECKPOINTS_NAME,
+    AppliedCheckpoint,
+    CheckpointStore,
+    PartitionCheckpoint,
+)
 from segstore.errors import (
     CorruptionError,
     FormatVersionError,
@@ -240,7 +245,9 @@ class _Store:
     checkpoints_path: str
     partitions_dir: str
     checkpoint_of: dict[int, PartitionCheckpoint]
+    applied_of: dict[int, AppliedCheckpoint]
     routed_raft_index: int | None  # None: the checkpoints could not be read
+    applied_raft_floor: int | None  # None: the checkpoints could not be read
     checkpoint_error: str | None
     pid: npt.NDArray[np.uint32]  # log header columns, row 0 is log.first_index
     pindex: npt.NDArray[np.uint64]
@@ -274,14 +281,18 @@ def _open_store(path: str | os.PathLike[str]) -> Iterator[_Store]:
             raise NotAStoreError(f"{log_path} is an Aof but not a segmented log store's log")
         checkpoints_path = os.path.join(path, CHECKPOINTS_NAME)
         checkpoint_of: dict[int, PartitionCheckpoint] = {}
+        applied_of: dict[int, AppliedCheckpoint] = {}
         routed: int | None = None
+        floor: int | None = None
         error: str | None = None
         try:
             with CheckpointStore.open(
                 checkpoints_path, store_id=log.store_id, create=False
             ) as checkpoints:
                 checkpoint_of = checkpoints.read_all()
+                applied_of = checkpoints.read_applied_all()
                 routed = checkpoints.routed_raft_index()
+                floor = checkpoints.applied_raft_floor()
         except CorruptionError as exc:
             error = f"offset {exc.offset}: {exc.what}"
         except (NotAStoreError, FormatVersionError) as exc:
@@ -295,7 +306,9 @@ def _open_store(path: str | os.PathLike[str]) -> Iterator[_Store]:
             checkpoints_path=checkpoints_path,
             partitions_dir=os.path.join(path, PARTITIONS_DIR),
             checkpoint_of=checkpoint_of,
+            applied_of=applied_of,
             routed_raft_index=routed,
+            applied_raft_floor=floor,
             checkpoint_error=error,
             pid=pid,
             pindex=pindex,
@@ -482,18 +495,31 @@ def _print_checkpoints(store: _Store, out: TextIO) -> None:
         print(f"  cannot read: {store.checkpoint_error}", file=out)
         return
     print(f"  routed raft index  {store.routed_raft_index}", file=out)
-    if not store.checkpoint_of:
+    print(f"  applied raft floor {store.applied_raft_floor}", file=out)
+    ids = sorted(set(store.checkpoint_of) | set(store.applied_of))
+    if not ids:
         return
     print(
-        f"  {'partition':>10} {'durable index':>14} {'durable raft':>14} {'first index':>12}",
+        f"  {'partition':>10} {'durable index':>14} {'durable raft':>14} {'first index':>12}"
+        f" {'applied index':>14} {'applied raft':>14} {'snapshot bytes':>14}",
         file=out,
     )
-    for pid, checkpoint in store.checkpoint_of.items():
-        print(
-            f"  {pid:>10} {checkpoint.durable_index:>14} {checkpoint.durable_raft_index:>14}"
-            f" {checkpoint.first_index:>12}",
-            file=out,
+    for pid in ids:
+        checkpoint = store.checkpoint_of.get(pid)
+        applied = store.applied_of.get(pid)
+        durable = (
+            f"{checkpoint.durable_index:>14} {checkpoint.durable_raft_index:>14}"
+            f" {checkpoint.first_index:>12}"
+            if checkpoint is not None
+            else f"{'-':>14} {'-':>14} {'-':>12}"
         )
+        applied_text = (
+            f"{applied.applied_index:>14} {applied.applied_raft_index:>14}"
+            f" {len(applied.snapshot):>14}"
+            if applied is not None
+            else f"{'-':>14} {'-':>14} {'-':>14}"
+        )
+        print(f"  {pid:>10} {durable} {applied_text}", file=out)
 
 
 def _print_log_records(store: _Store, out: TextIO, start: int | None, limit: int | None) -> None:

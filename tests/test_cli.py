@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from segstore.aof import Aof
-from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore, PartitionCheckpoint
+from segstore.checkpoints import (
+    CHECKPOINTS_NAME,
+    AppliedCheckpoint,
+    CheckpointStore,
+    PartitionCheckpoint,
+)
 from segstore.cli import main
 from segstore.partitions import RAFT_HEADER_DTYPE
 from segstore.raft import (
@@ -165,6 +170,30 @@ def test_store_dump(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None
     checkpoints = out.split("routed raft index")[1]
     assert "durable index" in checkpoints and "first index" in checkpoints
     assert "OK" in out
+
+
+def test_store_dump_applied(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The checkpoints section shows each partition's applied checkpoint and the floor."""
+    with Aof.open(store_dir / "log", readonly=True) as log:
+        store_id = log.store_id
+    with CheckpointStore.open(store_dir / CHECKPOINTS_NAME, store_id=store_id) as checkpoints:
+        checkpoints.write_applied(
+            {0: AppliedCheckpoint(7, 19, b"snap-of-zero"), 2: AppliedCheckpoint(3, 9)},
+            applied_raft_floor=21,
+        )
+    status, out, _ = run(capsys, "dump", str(store_dir))
+    assert status == 0, out
+    section = out.split(f"checkpoints {store_dir / CHECKPOINTS_NAME}")[1].split("verified")[0]
+    assert "applied raft floor 21" in section
+    lines = section.splitlines()
+    header = next(line for line in lines if "applied index" in line)
+    assert header.split()[-6:] == ["applied", "index", "applied", "raft", "snapshot", "bytes"]
+    rows = {line.split()[0]: line.split() for line in lines if line.strip()[:1].isdigit()}
+    # partition, durable index, durable raft, first index, applied, applied raft, snapshot
+    assert rows["0"][4:] == ["7", "19", str(len(b"snap-of-zero"))]
+    assert rows["1"][4:] == ["-", "-", "-"]
+    assert rows["2"][4:] == ["3", "9", "0"]
+    assert rows["1"][1:3] == ["21", "60"]  # the router's checkpoint is still shown
 
 
 def test_store_dump_records(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
