@@ -76,7 +76,43 @@ class PartitionError(InvalidArgumentError):
     """An entry's partition header is missing, foreign, or out of sequence."""
 
 
+class BackpressureError(SegstoreError):
+    """A partition has too many entries pending or lags too far: retry later.
+
+    Attributes ``partition_id``, ``pending`` (entries handed in, not yet applied) and
+    ``lag`` (raft indices between the commit index and the partition's oldest
+    unapplied entry) say which bound was crossed.
+    """
+
+    def __init__(self, partition_id: int, pending: int, lag: int, limit: str) -> None:
+        self.partition_id = partition_id
+        self.pending = pending
+        self.lag = lag
+        super().__init__(
+            f"partition {partition_id} is backed up ({limit}; {pending} entries pending, "
+            f"lagging {lag} raft indices); retry once it catches up"
+        )
+
+
+class PartitionFailedError(SegstoreError):
+    """A partition's state machine raised in ``apply``; the partition is stopped.
+
+    ``partition_id`` names it, ``partition_index`` the entry that failed and
+    ``__cause__`` is the exception ``apply`` raised. Other partitions go on.
+    """
+
+    def __init__(self, partition_id: int, partition_index: int, cause: BaseException) -> None:
+        self.partition_id = partition_id
+        self.partition_index = partition_index
+        super().__init__(
+            f"partition {partition_id} stopped: apply of partition index "
+            f"{partition_index} raised {type(cause).__name__}: {cause}"
+        )
+        self.__cause__ = cause
+
+
 __all__ = [
+    "BackpressureError",
     "ClosedError",
     "CorruptionError",
     "FailedStateError",
@@ -85,6 +121,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotAStoreError",
     "PartitionError",
+    "PartitionFailedError",
     "RecordTooLargeError",
     "SegstoreError",
     "StorageIOError",
