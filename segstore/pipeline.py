@@ -32,7 +32,6 @@ from typing import Final
 import numpy as np
 
 from segstore.applier import Applier, PartitionStatus, StateMachineFactory
-from segstore.checkpoints import CheckpointStore
 from segstore.errors import ClosedError, InvalidArgumentError
 from segstore.masters import MasterPolicy
 from segstore.quorum import AckTracker, QuorumRule
@@ -128,7 +127,7 @@ class Pipeline:
             self.masters = MasterPolicy.automatic(self.partition_count, members)
             """Partition masters over the node and its replicas."""
             self.applier = Applier(
-                self._checkpoints(),
+                self.store.checkpoints,
                 self.partition_count,
                 factory,
                 threads=apply_threads,
@@ -143,7 +142,7 @@ class Pipeline:
         self._lock = threading.Lock()  # producers: appends and their counters
         self._appended = {pid: n - 1 for pid, n in self.store.partition_next_indices().items()}
         # Everything up to here was landed in the ack tracker and handed to the applier.
-        self._processed = self._log_first_index() - 1
+        self._processed = self.store.first_retained_index() - 1
         self._driver_error: BaseException | None = None
         self._wakeup = threading.Event()
         self._stopping = False
@@ -154,13 +153,6 @@ class Pipeline:
         self._driver = threading.Thread(target=self._drive, name="segstore-pipeline", daemon=True)
         self._driver.start()
         self._wakeup.set()
-
-    def _checkpoints(self) -> CheckpointStore:
-        checkpoints: CheckpointStore = self.store._checkpoints  # noqa: SLF001
-        return checkpoints
-
-    def _log_first_index(self) -> int:
-        return self.store._log.first_index  # noqa: SLF001
 
     # -- producing -------------------------------------------------------------------
 
@@ -176,7 +168,9 @@ class Pipeline:
         Backpressure is checked for every partition before anything is appended."""
         if len(partition_ids) != len(payloads):
             raise InvalidArgumentError("partition_ids and payloads differ in length")
-        values = [encode_entry(pid, payload) for pid, payload in zip(partition_ids, payloads)]
+        values = [
+            encode_entry(pid, payload) for pid, payload in zip(partition_ids, payloads, strict=True)
+        ]
         counts: dict[int, int] = {}
         for pid in partition_ids:
             counts[pid] = counts.get(pid, 0) + 1
@@ -235,12 +229,15 @@ class Pipeline:
     def watermarks(self) -> Watermarks:
         """Every watermark of DESIGN.md invariant 6, each source read once."""
         self._check_open()
+        return self._watermarks()
+
+    def _watermarks(self) -> Watermarks:
         store, applier, acks = self.store, self.applier, self.acks
         durable = store.last_durable_index()
         routed_required, routed_by_pid = store.required_raft_indices()
         applied_by_pid = applier.required_raft_indices()
         statuses = applier.statuses()
-        checkpoints = self._checkpoints().read_all()
+        checkpoints = self.store.checkpoints.read_all()
         processed = self._processed
         partition_terms: dict[int, list[int | None]] = {}
         indices: dict[int, tuple[int, int, int, int]] = {}
@@ -261,7 +258,7 @@ class Pipeline:
         return combine(
             durable_index=durable,
             commit_index=processed,
-            log_first_index=self._log_first_index(),
+            log_first_index=self.store.first_retained_index(),
             global_terms=[routed_required, applier.required_raft_index(), processed + 1],
             partition_terms=partition_terms,
             indices=indices,
@@ -323,7 +320,7 @@ class Pipeline:
 
     def _checkpoint_and_compact(self) -> None:
         self.applier.checkpoint()
-        required = self.watermarks().required_raft_index
+        required = self._watermarks().required_raft_index
         if required - 1 >= self.store.start_index():
             self.store.compact(required - 1)
 
@@ -347,18 +344,18 @@ class Pipeline:
         """Make everything durable, apply and checkpoint it, and release the files."""
         if self._closed:
             return
+        self._stopping = True
+        self._wakeup.set()
+        self._driver.join()
         try:
-            if self._driver_error is None and self.store.last_durable_index() >= 0:
+            if self._driver_error is None:
                 self.store.flush()
-                self._wakeup.set()
-                self.wait_applied(self.store.last_durable_index())
+                self._step()
+                self.applier.wait_idle()
                 self.store.sync_partitions()
                 self.applier.checkpoint()
         finally:
             self._closed = True
-            self._stopping = True
-            self._wakeup.set()
-            self._driver.join()
             try:
                 self.applier.close(wait=False)
             finally:
