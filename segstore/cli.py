@@ -26,6 +26,21 @@ Usage:
       not counted as problems. Every problem is printed with where and what.
       Exit status 0 when all is well, 1 on corruption or any problem, 2 when PATH is
       no store.
+  segstore stats PATH [--json]
+      A store only: which partition holds the log's truncation watermark back, from
+      the log's header columns and the checkpoints (no payload or partition log is
+      read). Prints the log's first and last index, durable extent, segments and
+      bytes; routed_raft_index and applied_raft_floor; per partition its records and
+      payload bytes in the retained log, its router checkpoint (durable index and
+      raft index), its applied checkpoint (applied index, applied raft index,
+      snapshot size) and its minimum required raft index: the smallest raft index of
+      a retained record of the partition above its durable raft index or with a
+      partition index above its applied index ("-": none). The watermark is the
+      minimum of those, routed_raft_index + 1 and applied_raft_floor + 1; the
+      partitions equal to it (when it is below the log's end) are named with the log
+      records and bytes only they keep. Quorum acknowledgements live in memory only,
+      so stats cannot show quorum offline. --json prints one stable dict instead
+      (format_version 1). Exit status 1 if the checkpoints cannot be read.
   segstore demo [--records N] [--dir DIR] [--keep]
       Append N records (default 1,000,000) with group commit, reopen, verify every
       CRC, and print throughput, recovery time and a dump summary.
@@ -61,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--limit", type=int, default=None, help="how many records to print")
     verify = commands.add_parser("verify", help="check everything; exit 1 on corruption")
     verify.add_argument("path")
+    stats = commands.add_parser("stats", help="which partition holds the watermark back")
+    stats.add_argument("path")
+    stats.add_argument("--json", action="store_true", help="print one JSON dict")
     demo = commands.add_parser("demo", help="append, reopen, verify, report")
     demo.add_argument("--records", type=int, default=1_000_000)
     demo.add_argument("--dir", default=None, help="data directory (default: a temp dir)")
@@ -87,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from segstore.inspection import verify
 
             return verify(args.path, sys.stdout)
+        if args.command == "stats":
+            from segstore.inspection import stats
+
+            return stats(args.path, sys.stdout, as_json=args.json)
         from segstore.demo import run_demo
 
         return run_demo(records=args.records, directory=args.dir, keep=args.keep)

@@ -1,4 +1,4 @@
-"""Offline inspection: what ``segstore dump`` and ``segstore verify`` print.
+"""Offline inspection: what ``segstore dump``, ``verify`` and ``stats`` print.
 
 ``PATH`` is either a single Aof directory (it has ``aof.meta``) or a segmented log store
 directory (it has ``log/`` and ``checkpoints.lmdb/``, see
@@ -14,15 +14,21 @@ writes nothing; LMDB itself updates its reader table in ``lock.mdb``).
 Corruption is reported with file and offset. For a store, verify collects every problem
 (CRC failures, partition logs that disagree with the log, checkpoints that claim more
 than the partition logs hold) instead of stopping at the first one.
+
+``stats`` (a store only) reads the log's header columns and payload sizes (numpy, no
+per-record Python) and the checkpoints, never a payload or a partition log, and shows
+which partition holds the truncation watermark back (DESIGN.md invariant 6). Quorum is
+in memory only (:mod:`segstore.quorum`), so stats cannot show it offline.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TextIO
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -571,6 +577,342 @@ def _print_partition_records(
             print(f"  {index:>12} {int(raft[row]):>12} {int(lengths[row]):>8}", file=out)
 
 
+# -- a whole store: stats --------------------------------------------------------------
+
+QUORUM_OFFLINE = (
+    "not shown: replica acknowledgements live in memory only (AckTracker), so stats "
+    "cannot show quorum offline"
+)
+"""What ``segstore stats`` says about quorum, in text and in ``--json``."""
+
+STATS_FORMAT_VERSION = 1
+"""Version of the ``segstore stats --json`` dict; raised when a key changes meaning."""
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    """One partition's progress and what it still needs from the log.
+
+    ``log_records`` and ``log_bytes``: its records in the retained log (payload bytes).
+    ``durable_index`` and ``durable_raft_index``: its router checkpoint (0: none);
+    ``applied_index``, ``applied_raft_index`` and ``snapshot_bytes``: its applied
+    checkpoint (0: none). ``required_raft_index``: the smallest raft index of a retained
+    log record of the partition that is above ``durable_raft_index`` or whose partition
+    index is above ``applied_index``; None if it needs no retained record.
+    """
+
+    partition: int
+    log_records: int
+    log_bytes: int
+    durable_index: int
+    durable_raft_index: int
+    applied_index: int
+    applied_raft_index: int
+    snapshot_bytes: int
+    required_raft_index: int | None
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """Log records only ``partitions`` keep: raft indices ``[first_raft_index,
+    end_raft_index)`` of the retained log, which the watermark would pass if they caught
+    up (``end_raft_index`` is the watermark without them)."""
+
+    partitions: tuple[int, ...]
+    first_raft_index: int
+    end_raft_index: int
+    records: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What ``segstore stats`` shows: the log, the checkpoints, each partition's
+    progress and required raft index, and the watermark (DESIGN.md invariant 6).
+
+    ``required_raft_index`` is the global minimum: the minimum of every partition's,
+    ``routed_raft_index + 1`` and ``applied_raft_floor + 1``; ``bound_by`` names each term
+    equal to it (``"partition 3"``, ``"routed_raft_index"``, ``"applied_raft_floor"``).
+    ``held_back`` is None when no partition holds the watermark below the log's end.
+    Quorum is not part of it: acknowledgements live in memory only.
+    """
+
+    path: str
+    partition_count: int
+    start_index: int
+    log_first_index: int
+    log_last_index: int
+    log_durable_index: int
+    log_segments: int
+    log_bytes: int
+    log_capacity_bytes: int
+    routed_raft_index: int
+    applied_raft_floor: int
+    checkpoint_error: str | None
+    partitions: tuple[PartitionStats, ...]
+    required_raft_index: int
+    bound_by: tuple[str, ...]
+    held_back: HeldBack | None
+
+    @property
+    def log_records(self) -> int:
+        return self.log_last_index - self.log_first_index + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` dict: plain ints, strings, lists and None; keys are stable."""
+        held = self.held_back
+        return {
+            "format_version": STATS_FORMAT_VERSION,
+            "path": self.path,
+            "partition_count": self.partition_count,
+            "start_index": self.start_index,
+            "log": {
+                "first_index": self.log_first_index,
+                "last_index": self.log_last_index,
+                "records": self.log_records,
+                "durable_index": self.log_durable_index,
+                "segments": self.log_segments,
+                "bytes": self.log_bytes,
+                "capacity_bytes": self.log_capacity_bytes,
+            },
+            "routed_raft_index": self.routed_raft_index,
+            "applied_raft_floor": self.applied_raft_floor,
+            "checkpoint_error": self.checkpoint_error,
+            "partitions": [asdict(p) for p in self.partitions],
+            "required_raft_index": self.required_raft_index,
+            "bound_by": list(self.bound_by),
+            "held_back": None
+            if held is None
+            else {**asdict(held), "partitions": list(held.partitions)},
+            "quorum": None,
+            "quorum_note": QUORUM_OFFLINE,
+        }
+
+
+def stats(path: str | os.PathLike[str], out: TextIO, *, as_json: bool = False) -> int:
+    """``segstore stats PATH``: print :func:`store_stats` as text or JSON.
+
+    Returns 0, or 1 when the checkpoints could not be read (the figures then assume no
+    checkpoints: everything retained counts as required).
+    """
+    result = store_stats(path)
+    if as_json:
+        json.dump(result.as_dict(), out, indent=2, sort_keys=True)
+        print(file=out)
+    else:
+        _print_stats(result, out)
+    return 0 if result.checkpoint_error is None else 1
+
+
+def store_stats(path: str | os.PathLike[str]) -> StoreStats:
+    """The watermark figures of the store at ``path``, offline and readonly.
+
+    Opens the store like ``dump`` (:func:`_open_store`: readonly Aofs holding their
+    locks, so a store in use is refused with :class:`StoreLockedError`); reads only
+    the log's header columns and payload sizes, never payloads, and no partition log.
+    """
+    if path_kind(path) != "store":
+        raise NotAStoreError(f"stats needs a segmented log store directory; {path} is an Aof")
+    with _open_store(path) as store:
+        return _store_stats(store)
+
+
+def _store_stats(store: _Store) -> StoreStats:
+    log = store.log
+    first, last = log.first_index, log.last_index
+    lengths = (
+        log.payload_lengths(first, last + 1).astype(np.int64) if len(log) else np.empty(0, np.int64)
+    )
+    routed = store.routed_raft_index or 0
+    floor = store.applied_raft_floor or 0
+    ids_list = sorted(
+        set(range(store.partition_count)) | set(store.partition_ids()) | set(store.applied_of)
+    )
+    ids = np.array(ids_list, np.uint32)
+    durable_raft = np.array(
+        [_durable_raft(store.checkpoint_of.get(pid)) for pid in ids_list], np.uint64
+    )
+    applied_index = np.array(
+        [_applied_index(store.applied_of.get(pid)) for pid in ids_list], np.uint64
+    )
+    # Every retained record of a partition, as a position in ids; rows are raft order.
+    rows = np.flatnonzero(store.pid != NO_PARTITION)
+    position = np.searchsorted(ids, store.pid[rows])
+    raft = rows.astype(np.uint64) + np.uint64(first)
+    counts = np.bincount(position, minlength=len(ids))
+    # float64 sums of integers are exact below 2**53 bytes.
+    sizes = np.bincount(position, weights=lengths[rows], minlength=len(ids)).astype(np.int64)
+    needed = (raft > durable_raft[position]) | (store.pindex[rows] > applied_index[position])
+    # The first needed row of each partition holds its smallest needed raft index.
+    holding, first_row = np.unique(position[needed], return_index=True)
+    required: list[int | None] = [None] * len(ids)
+    for k, raft_index in zip(holding.tolist(), raft[needed][first_row].tolist(), strict=True):
+        required[k] = int(raft_index)
+
+    partitions = tuple(
+        _partition_stats(store, pid, int(counts[k]), int(sizes[k]), required[k])
+        for k, pid in enumerate(ids_list)
+    )
+    terms: list[tuple[str, int]] = [
+        (f"partition {p.partition}", p.required_raft_index)
+        for p in partitions
+        if p.required_raft_index is not None
+    ]
+    terms += [("routed_raft_index", routed + 1), ("applied_raft_floor", floor + 1)]
+    watermark = min(value for _, value in terms)
+    bound_by = tuple(name for name, value in terms if value == watermark)
+    infos = log.segment_infos()
+    return StoreStats(
+        path=store.path,
+        partition_count=store.partition_count,
+        start_index=store.start_index,
+        log_first_index=first,
+        log_last_index=last,
+        log_durable_index=log.durable_index,
+        log_segments=len(infos),
+        log_bytes=sum(info.bytes_used for info in infos),
+        log_capacity_bytes=sum(info.capacity_bytes for info in infos),
+        routed_raft_index=routed,
+        applied_raft_floor=floor,
+        checkpoint_error=store.checkpoint_error,
+        partitions=partitions,
+        required_raft_index=watermark,
+        bound_by=bound_by,
+        held_back=_held_back(partitions, terms, watermark, first, last, lengths),
+    )
+
+
+def _durable_raft(checkpoint: PartitionCheckpoint | None) -> int:
+    return 0 if checkpoint is None else checkpoint.durable_raft_index
+
+
+def _applied_index(applied: AppliedCheckpoint | None) -> int:
+    return 0 if applied is None else applied.applied_index
+
+
+def _partition_stats(
+    store: _Store, pid: int, records: int, size: int, required: int | None
+) -> PartitionStats:
+    checkpoint = store.checkpoint_of.get(pid)
+    applied = store.applied_of.get(pid)
+    return PartitionStats(
+        partition=pid,
+        log_records=records,
+        log_bytes=size,
+        durable_index=0 if checkpoint is None else checkpoint.durable_index,
+        durable_raft_index=_durable_raft(checkpoint),
+        applied_index=_applied_index(applied),
+        applied_raft_index=0 if applied is None else applied.applied_raft_index,
+        snapshot_bytes=0 if applied is None else len(applied.snapshot),
+        required_raft_index=required,
+    )
+
+
+def _held_back(
+    partitions: tuple[PartitionStats, ...],
+    terms: list[tuple[str, int]],
+    watermark: int,
+    first: int,
+    last: int,
+    lengths: npt.NDArray[np.int64],
+) -> HeldBack | None:
+    """The partitions whose requirement is the watermark, when it is below the log's
+    end, and the retained records between it and where it would be without them."""
+    holders = tuple(p.partition for p in partitions if p.required_raft_index == watermark)
+    if not holders or watermark > last:
+        return None
+    names = {f"partition {pid}" for pid in holders}
+    end = min([last + 1] + [value for name, value in terms if name not in names])
+    # A holder's requirement is the raft index of a retained record: first <= watermark.
+    return HeldBack(
+        partitions=holders,
+        first_raft_index=watermark,
+        end_raft_index=end,
+        records=end - watermark,
+        bytes=int(lengths[watermark - first : end - first].sum()),
+    )
+
+
+def _print_stats(stats: StoreStats, out: TextIO) -> None:
+    print(f"store {stats.path}", file=out)
+    print(f"  partitions          {stats.partition_count}", file=out)
+    print(f"  start index         {stats.start_index}", file=out)
+    print("log", file=out)
+    print(
+        f"  records             [{stats.log_first_index}, {stats.log_last_index}]"
+        f"  ({stats.log_records} records)",
+        file=out,
+    )
+    print(f"  durable             [{stats.log_first_index}, {stats.log_durable_index}]", file=out)
+    print(
+        f"  segments            {stats.log_segments}  ({stats.log_bytes} bytes used, "
+        f"{stats.log_capacity_bytes} allocated)",
+        file=out,
+    )
+    print("checkpoints", file=out)
+    if stats.checkpoint_error is not None:
+        print(f"  cannot read: {stats.checkpoint_error} (figures below assume none)", file=out)
+    print(f"  routed raft index   {stats.routed_raft_index}", file=out)
+    print(
+        f"  applied raft floor  {stats.applied_raft_floor}  (every committed entry up to it "
+        "is applied and checkpointed)",
+        file=out,
+    )
+    print("partitions", file=out)
+    columns = (
+        ("partition", 10),
+        ("log records", 11),
+        ("log bytes", 12),
+        ("durable", 10),
+        ("durable raft", 12),
+        ("applied", 10),
+        ("applied raft", 12),
+        ("snapshot", 10),
+        ("min required raft", 17),
+    )
+    print("  " + " ".join(f"{name:>{width}}" for name, width in columns), file=out)
+    for p in stats.partitions:
+        values = (
+            p.partition,
+            p.log_records,
+            p.log_bytes,
+            p.durable_index,
+            p.durable_raft_index,
+            p.applied_index,
+            p.applied_raft_index,
+            p.snapshot_bytes,
+            "-" if p.required_raft_index is None else p.required_raft_index,
+        )
+        print(
+            "  " + " ".join(f"{v!s:>{w}}" for v, (_, w) in zip(values, columns, strict=True)),
+            file=out,
+        )
+    print("watermark", file=out)
+    print(
+        f"  min required raft   {stats.required_raft_index}  (bound by "
+        f"{', '.join(stats.bound_by)}; routed_raft_index + 1 = {stats.routed_raft_index + 1}, "
+        f"applied_raft_floor + 1 = {stats.applied_raft_floor + 1})",
+        file=out,
+    )
+    print(f"  held back by        {_held_back_text(stats)}", file=out)
+    print(f"  quorum              {QUORUM_OFFLINE}", file=out)
+
+
+def _held_back_text(stats: StoreStats) -> str:
+    held = stats.held_back
+    if held is None:
+        if stats.required_raft_index > stats.log_last_index:
+            return "nothing: no retained record is required"
+        return f"no partition ({', '.join(stats.bound_by)})"
+    names = ", ".join(f"partition {pid}" for pid in held.partitions)
+    return (
+        f"{names}: {held.records} log records, {held.bytes} bytes "
+        f"(raft indices [{held.first_raft_index}, {held.end_raft_index}); without "
+        f"{'it' if len(held.partitions) == 1 else 'them'} the watermark would be "
+        f"{held.end_raft_index})"
+    )
+
+
 # -- a whole store: verify -------------------------------------------------------------
 
 
@@ -935,11 +1277,18 @@ def _compare_values(
 
 
 __all__ = [
+    "QUORUM_OFFLINE",
+    "STATS_FORMAT_VERSION",
+    "HeldBack",
+    "PartitionStats",
     "Problem",
+    "StoreStats",
     "dump",
     "dump_aof",
     "dump_store",
     "path_kind",
+    "stats",
+    "store_stats",
     "verify",
     "verify_aof",
     "verify_store",
