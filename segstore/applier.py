@@ -126,9 +126,9 @@ class _Partition:
     which only the partition's current drainer or a holder of ``apply_lock`` touches)."""
 
     __slots__ = (
-        "apply_lock",
         "applied_index",
         "applied_raft",
+        "apply_lock",
         "checkpointed_index",
         "checkpointed_raft",
         "error",
@@ -196,6 +196,7 @@ class Applier:
                 raise InvalidArgumentError(f"{name} must be a positive int, not {value!r}")
         if not callable(factory):
             raise InvalidArgumentError("factory must be callable: factory(partition_id)")
+        self._factory = factory
         self._checkpoints = checkpoints
         self.partition_count = partition_count
         self.max_pending = max_pending
@@ -208,20 +209,21 @@ class Applier:
         stored = checkpoints.read_applied_all()
         self._floor = checkpoints.applied_raft_floor()
         self._commit_index = self._floor
-        self._parts: list[_Partition] = []
-        for pid in range(partition_count):
-            sm = factory(pid)
-            if not isinstance(sm, PartitionStateMachine):
-                raise InvalidArgumentError(
-                    f"factory({pid}) returned {type(sm).__name__}, not a PartitionStateMachine"
-                )
-            checkpoint = stored.get(pid)
-            if checkpoint is not None:
-                sm.restore(checkpoint.snapshot)
-            self._parts.append(_Partition(pid, sm, checkpoint))
+        self._parts = [self._restored(pid, stored.get(pid)) for pid in range(partition_count)]
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="segstore-apply")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+
+    def _restored(self, pid: int, checkpoint: AppliedCheckpoint | None) -> _Partition:
+        """A fresh partition from the factory, restored from ``checkpoint`` if any."""
+        sm = self._factory(pid)
+        if not isinstance(sm, PartitionStateMachine):
+            raise InvalidArgumentError(
+                f"factory({pid}) returned {type(sm).__name__}, not a PartitionStateMachine"
+            )
+        if checkpoint is not None:
+            sm.restore(checkpoint.snapshot)
+        return _Partition(pid, sm, checkpoint)
 
     # -- feeding ---------------------------------------------------------------------
 
@@ -455,8 +457,11 @@ class Applier:
             return {pid: part.rafts[0] for pid, part in enumerate(self._parts) if part.rafts}
 
     def wait_applied(self, raft_index: int, timeout: float | None = None) -> bool:
-        """Block until every committed entry up to ``raft_index`` is applied (True), a
-        partition holding one fails, or ``timeout`` passes (False)."""
+        """Block until every committed entry up to ``raft_index`` is applied (True) or
+        ``timeout`` passes (False). Raises the partition's
+        :class:`~segstore.errors.PartitionFailedError` if one holding such an entry
+        stopped."""
+        failed: list[PartitionFailedError] = []
 
         def reached() -> bool:
             if self._commit_index < raft_index:
@@ -464,11 +469,17 @@ class Applier:
             for part in self._parts:
                 first = part.first_unapplied_raft()
                 if first is not None and first <= raft_index:
-                    return part.error is not None
+                    if part.error is not None:
+                        failed.append(part.error)
+                        return True
+                    return False
             return True
 
         with self._lock:
-            return self._progress.wait_for(reached, timeout)
+            done = self._progress.wait_for(reached, timeout)
+        if failed:
+            raise failed[0]
+        return done
 
     def check_capacity(self, partition_id: int, extra: int = 0) -> None:
         """Raise if the partition is stopped or backed up; ``extra`` counts entries the
@@ -533,6 +544,31 @@ class Applier:
                 part.checkpointed_raft = checkpoint.applied_raft_index
             self._floor = max(self._floor, floor)
         return floor
+
+    def install(
+        self,
+        states: dict[int, AppliedCheckpoint],
+        commit_index: int,
+        *,
+        raft_snapshot: bytes | None = None,
+    ) -> None:
+        """Replace every partition's state (a Raft snapshot install): partitions in
+        ``states`` are restored from them, the others start empty; queued entries are
+        dropped; everything is checkpointed, with ``commit_index`` as the floor."""
+        self.wait_idle()
+        with self._checkpoint_lock:
+            parts = [self._restored(pid, states.get(pid)) for pid in range(self.partition_count)]
+            durable = {
+                pid: AppliedCheckpoint(p.applied_index, p.applied_raft, p.sm.snapshot())
+                for pid, p in enumerate(parts)
+            }
+            self._checkpoints.write_applied(
+                durable, applied_raft_floor=commit_index, raft_snapshot=raft_snapshot
+            )
+            with self._lock:
+                self._parts = parts
+                self._commit_index = commit_index
+                self._floor = commit_index
 
     # -- lifetime --------------------------------------------------------------------
 

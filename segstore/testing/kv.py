@@ -72,4 +72,4 @@ class KeyValueStateMachine(PartitionStateMachine):
         self.last_index = applies
 
 
-__all__ = ["KeyValueStateMachine", "SNAPSHOT_VERSION"]
+__all__ = ["SNAPSHOT_VERSION", "KeyValueStateMachine"]
