@@ -1,4 +1,4 @@
-"""``segstore demo``: the Aof under a realistic load, a reopen, and a full verify."""
+"""``segstore demo --aof``: the Aof under a realistic load, a reopen, and a full verify."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BATCH_RECORDS = 1024
 HEADER_DTYPE = np.dtype([("term", "<u8"), ("partition", "<u4"), ("partition_index", "<u8")])
 
 
-def run_demo(*, records: int, directory: str | None, keep: bool) -> int:
+def run_aof_demo(*, records: int, directory: str | None, keep: bool) -> int:
     """Append ``records`` with group commit, reopen, verify; print what it measured."""
     root = directory or tempfile.mkdtemp(prefix="segstore-demo-")
     path = f"{root}/log"

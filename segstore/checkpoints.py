@@ -16,7 +16,7 @@ Named database ``meta`` (store metadata):
 key (ASCII bytes)         value
 ========================  =======================================================
 ``store_id``              the owning store's id, raw bytes (1 to 255 bytes)
-``format_version``        u32 little-endian, currently 1
+``format_version``        u32 little-endian, currently 2
 ``routed_raft_index``     u64 little-endian: every log record up to this raft index
                           was routed to its partition log and checkpointed
                           (absent: 0)

@@ -41,9 +41,19 @@ Usage:
       records and bytes only they keep. Quorum acknowledgements live in memory only,
       so stats cannot show quorum offline. --json prints one stable dict instead
       (format_version 1). Exit status 1 if the checkpoints cannot be read.
-  segstore demo [--records N] [--dir DIR] [--keep]
-      Append N records (default 1,000,000) with group commit, reopen, verify every
-      CRC, and print throughput, recovery time and a dump summary.
+  segstore demo [--seconds S] [--dir DIR] [--keep]
+      The whole single-node pipeline (issue #4) in a writer process: 64 partitions
+      of key-value state machines, a producer, three simulated replicas (one
+      lagging) and a slow partition meeting backpressure, with a live display of
+      throughput, acknowledgements, quorum indices, apply lag and watermarks. After
+      S seconds (default 5) the writer is killed with SIGKILL; the store is
+      recovered, every partition state is checked against a model fed each
+      committed entry exactly once, and `segstore stats` of the directory is
+      printed. Exit status 1 if the check fails.
+  segstore demo --aof [--records N] [--dir DIR] [--keep]
+      The Aof alone: append N records (default 1,000,000) with group commit,
+      reopen, verify every CRC, and print throughput, recovery time and a dump
+      summary.
 
 The tools open everything readonly and take each Aof's lock: stop the process using
 the store first. Progress bars appear only on a terminal.
@@ -79,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="which partition holds the watermark back")
     stats.add_argument("path")
     stats.add_argument("--json", action="store_true", help="print one JSON dict")
-    demo = commands.add_parser("demo", help="append, reopen, verify, report")
-    demo.add_argument("--records", type=int, default=1_000_000)
+    demo = commands.add_parser("demo", help="the pipeline, a SIGKILL, recovery, a check")
+    demo.add_argument("--seconds", type=float, default=5.0, help="run time before SIGKILL")
+    demo.add_argument("--aof", action="store_true", help="the Aof demo instead")
+    demo.add_argument("--records", type=int, default=1_000_000, help="records (--aof)")
     demo.add_argument("--dir", default=None, help="data directory (default: a temp dir)")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
     return parser
@@ -109,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from segstore.inspection import stats
 
             return stats(args.path, sys.stdout, as_json=args.json)
-        from segstore.demo import run_demo
+        if args.aof:
+            from segstore.aof_demo import run_aof_demo
 
-        return run_demo(records=args.records, directory=args.dir, keep=args.keep)
+            return run_aof_demo(records=args.records, directory=args.dir, keep=args.keep)
+        from segstore.pipeline_demo import run_pipeline_demo
+
+        return run_pipeline_demo(seconds=args.seconds, directory=args.dir, keep=args.keep)
     except CorruptionError as exc:
         print(f"segstore {args.command}: CORRUPT: {exc}", file=sys.stderr)
         return 1
