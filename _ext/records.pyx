@@ -953,3 +953,210 @@ cdef class ReadPath:
             segment.offsets, segment.lengths, wanted - segment.first_index,
             self.header_bytes, wanted, self.verify
         )
+
+
+# ---------------------------------------------------------------------------------------
+# The segmented log's record header (FORMAT.md 7.2) and the partition header of app_log
+# values (FORMAT.md 7.1): the write path's per-entry work, and entries built on reads.
+#
+# These two touch Python objects beyond buffers (a dict of next partition indices, the
+# list of values, and, for build_log_entries, a type and its slot descriptors): the
+# per-entry Python they replace was the store's cost, and each has a pure-Python twin
+# in segstore/raft/segmented_store.py (tests/test_kernel_records.py compares them).
+
+LOG_ROW_BYTES = 32
+# LogRowBuffer.add: the entry needs the Python twin (a refusal, a value that is not
+# bytes, or a next index that does not fit a u64); nothing was changed.
+ROW_SLOW = -1
+
+cdef enum:
+    _ROW = 32
+    _PARTITION_HDR = 16
+    _APP_LOG = 1
+    _NO_PARTITION = 0xFFFFFFFF
+    _SLOW = -1
+
+
+cdef extern from "Python.h":
+    object PyLong_FromUnsignedLong(unsigned long v)
+    object PyLong_FromUnsignedLongLong(unsigned long long v)
+    unsigned long long PyLong_AsUnsignedLongLong(object obj) except? <unsigned long long>-1
+    void* PyDict_GetItem(object d, object key)
+    int PyDict_SetItem(object d, object key, object value) except -1
+    int PyList_Append(object lst, object item) except -1
+    void PyErr_Clear()
+    object PyErr_Occurred()
+
+
+cdef extern from *:
+    """
+    /* Set a data descriptor (a __slots__ member) on obj, as descr.__set__(obj, value). */
+    static int segstore_descr_set(PyObject *descr, PyObject *obj, PyObject *value) {
+        descrsetfunc set = Py_TYPE(descr)->tp_descr_set;
+        if (set == NULL) {
+            PyErr_SetString(PyExc_TypeError, "setters must be data descriptors");
+            return -1;
+        }
+        return set(descr, obj, value);
+    }
+    static PyObject *segstore_new_instance(PyObject *type, PyObject *no_args) {
+        return ((PyTypeObject *)type)->tp_new((PyTypeObject *)type, no_args, NULL);
+    }
+    """
+    int descr_set "segstore_descr_set"(object descr, object obj, object value) except -1
+    object new_instance "segstore_new_instance"(object type, object no_args)
+
+
+cdef class LogRowBuffer:
+    """Header rows (FORMAT.md 7.2) and values of the entries a store has buffered.
+
+    :meth:`add` decodes an app_log value's partition header (FORMAT.md 7.1), assigns or
+    checks its partition index against ``next_indices`` (a dict partition id -> next
+    index, absent = 1, which it advances: invariant 4) and appends the row and the value.
+    Anything it does not accept it leaves unchanged and reports as ``ROW_SLOW``, so the
+    caller's Python twin raises the precise error (or, for numbers beyond a u64, does
+    the work itself and calls :meth:`add_row`).
+    """
+
+    cdef bytearray _rows
+    cdef Py_ssize_t _count
+    cdef uint64_t _partition_count
+    cdef readonly list values
+    cdef public dict next_indices
+
+    def __cinit__(self, long long partition_count, dict next_indices,
+                  Py_ssize_t capacity=4096):
+        if partition_count < 1 or partition_count > _NO_PARTITION:
+            raise ValueError(f"partition_count {partition_count} is outside [1, 2**32 - 1]")
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self._rows = bytearray(capacity * _ROW)
+        self._count = 0
+        self._partition_count = <uint64_t>partition_count
+        self.values = []
+        self.next_indices = next_indices
+
+    def __len__(self):
+        return self._count
+
+    cdef unsigned char* _next_row(self) except NULL:
+        # The next free row; grows into a new array, never in place (a rows() view of
+        # the old one may still be exported).
+        cdef Py_ssize_t size = len(self._rows)
+        cdef bytearray grown
+        if (self._count + 1) * _ROW > size:
+            grown = bytearray(2 * size)
+            grown[:size] = self._rows
+            self._rows = grown
+        return <unsigned char*>(<char*>self._rows) + self._count * _ROW
+
+    cdef Py_ssize_t _put(self, unsigned char* row, uint64_t term, uint64_t timestamp_us,
+                         uint64_t partition_index, uint32_t partition_id,
+                         unsigned char val_type, object value) except -1:
+        PyList_Append(self.values, value)
+        store_u64(row, term)
+        store_u64(row + 8, timestamp_us)
+        store_u64(row + 16, partition_index)
+        store_u32(row + 24, partition_id)
+        row[28] = val_type
+        row[29] = 0
+        row[30] = 0
+        row[31] = 0
+        self._count += 1
+        return self._count
+
+    def add(self, uint64_t term, uint64_t timestamp_us, int val_type, object value):
+        """Buffer one entry (``val_type`` 1 is app_log): the new count, or ``ROW_SLOW``."""
+        if val_type < 0 or val_type > 255:
+            raise ValueError(f"val_type {val_type} is not a u8")
+        cdef unsigned char* row = self._next_row()
+        if val_type != _APP_LOG:
+            return self._put(row, term, timestamp_us, 0, _NO_PARTITION,
+                             <unsigned char>val_type, value)
+        if not PyBytes_CheckExact(value) or PyBytes_GET_SIZE(value) < _PARTITION_HDR:
+            return _SLOW
+        cdef const unsigned char* header = <const unsigned char*>PyBytes_AS_STRING(value)
+        if header[0] != 0x53 or header[1] != 0x50 or header[2] != 1 or header[3] != 0:
+            return _SLOW  # magic "SP", version 1, flags 0
+        cdef uint32_t partition_id = load_u32(header + 4)
+        cdef uint64_t partition_index = load_u64(header + 8)
+        if partition_id == _NO_PARTITION or partition_id >= self._partition_count:
+            return _SLOW
+        cdef object key = PyLong_FromUnsignedLong(partition_id)
+        cdef void* found = PyDict_GetItem(self.next_indices, key)
+        cdef uint64_t expected = 1
+        if found != NULL:
+            expected = PyLong_AsUnsignedLongLong(<object>found)
+            if expected == <uint64_t>-1 and PyErr_Occurred() is not None:
+                PyErr_Clear()
+                return _SLOW
+        if partition_index == 0:
+            partition_index = expected
+        elif partition_index != expected:
+            return _SLOW
+        if partition_index == <uint64_t>-1:
+            return _SLOW  # its successor does not fit a u64
+        PyDict_SetItem(self.next_indices, key, PyLong_FromUnsignedLongLong(partition_index + 1))
+        return self._put(row, term, timestamp_us, partition_index, partition_id, _APP_LOG,
+                         value)
+
+    def add_row(self, uint64_t term, uint64_t timestamp_us, uint64_t partition_index,
+                uint32_t partition_id, unsigned char val_type, object value):
+        """Buffer one entry whose row the caller computed; return the new count."""
+        return self._put(self._next_row(), term, timestamp_us, partition_index,
+                         partition_id, val_type, value)
+
+    def rows(self):
+        """A memoryview of the buffered rows (``len(self) * 32`` bytes)."""
+        return memoryview(self._rows)[:self._count * _ROW]
+
+    def truncate(self, Py_ssize_t count):
+        """Keep the first ``count`` entries (the caller rewinds ``next_indices``)."""
+        if count < 0 or count > self._count:
+            raise ValueError(f"cannot keep {count} of {self._count} rows")
+        del self.values[count:]
+        self._count = count
+
+
+def build_log_entries(object entry_type, tuple setters, headers, list values,
+                      tuple val_types):
+    """Entries from header rows (FORMAT.md 7.2) and values, built without ``__init__``.
+
+    Each entry is ``entry_type.__new__(entry_type)`` with the data descriptors
+    ``setters`` = (term, value, val_type, timestamp_us) set from row k and ``values[k]``;
+    ``val_types[b]`` is the object stored for val_type byte b (None: not a known type,
+    ValueError). Meant for rows the store wrote after validating the entry.
+    """
+    if not isinstance(entry_type, type):
+        raise TypeError("entry_type must be a type")
+    if len(setters) != 4:
+        raise ValueError("setters must be (term, value, val_type, timestamp_us)")
+    if len(val_types) != 256:
+        raise ValueError("val_types must have 256 items")
+    cdef Py_buffer view
+    _acquire(headers, &view, False, "headers")
+    cdef list entries
+    cdef Py_ssize_t k, n = len(values)
+    cdef const unsigned char* row
+    cdef object entry, kind
+    cdef object set_term = setters[0], set_value = setters[1]
+    cdef object set_type = setters[2], set_timestamp = setters[3]
+    cdef tuple no_args = ()
+    try:
+        if view.len != n * _ROW:
+            raise ValueError(f"headers hold {view.len} bytes, not {n} rows of {_ROW}")
+        entries = [None] * n
+        for k in range(n):
+            row = <const unsigned char*>view.buf + k * _ROW
+            kind = val_types[row[28]]
+            if kind is None:
+                raise ValueError(f"row {k} has unknown val_type {row[28]}")
+            entry = new_instance(entry_type, no_args)
+            descr_set(set_term, entry, PyLong_FromUnsignedLongLong(load_u64(row)))
+            descr_set(set_value, entry, values[k])
+            descr_set(set_type, entry, kind)
+            descr_set(set_timestamp, entry, PyLong_FromUnsignedLongLong(load_u64(row + 8)))
+            entries[k] = entry
+        return entries
+    finally:
+        PyBuffer_Release(&view)

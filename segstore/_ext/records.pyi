@@ -192,3 +192,44 @@ class ReadPath:
     def set_segments(self, segments: list[SegmentIndexBase]) -> None: ...
     def read(self, index: object) -> memoryview | None: ...
     def read_copy(self, index: object) -> tuple[bytes, bytes] | None: ...
+
+# -- the segmented log's record header (FORMAT.md 7.2) and partition header (7.1) --------
+
+LOG_ROW_BYTES: Final[int]
+ROW_SLOW: Final[int]
+
+class LogRowBuffer:
+    """Header rows and values of buffered entries; assigns partition indices."""
+
+    values: Final[list[bytes]]  # read-only attribute (the list itself is mutable)
+    next_indices: dict[int, int]
+
+    def __init__(
+        self, partition_count: int, next_indices: dict[int, int], capacity: int = 4096
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def add(self, term: int, timestamp_us: int, val_type: int, value: bytes) -> int:
+        """Buffer one entry (val_type 1 = app_log): the new count, or ROW_SLOW."""
+    def add_row(
+        self,
+        term: int,
+        timestamp_us: int,
+        partition_index: int,
+        partition_id: int,
+        val_type: int,
+        value: bytes,
+    ) -> int:
+        """Buffer one entry whose row the caller computed; return the new count."""
+    def rows(self) -> memoryview:
+        """The buffered rows, len(self) * 32 bytes."""
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` entries."""
+
+def build_log_entries(
+    entry_type: type[Any],
+    setters: tuple[Any, ...],
+    headers: BufferLike,
+    values: list[bytes],
+    val_types: tuple[object, ...],
+) -> list[Any]:
+    """Entries from header rows and values, slots set directly (no __init__)."""

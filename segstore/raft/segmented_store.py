@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from segstore.aof import Aof, FileIO
+from segstore.aof.kernels import ROW_SLOW, LogRowBuffer, build_log_entries
 from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore
 from segstore.errors import (
     ClosedError,
@@ -35,6 +36,7 @@ from segstore.errors import (
     InvalidArgumentError,
     NotAStoreError,
     PartitionError,
+    SegstoreError,
 )
 from segstore.partitions import PARTITIONS_DIR, PartitionLogs, PartitionLogStore
 from segstore.raft.log_entry import (
@@ -73,22 +75,20 @@ _HEADER = struct.Struct("<QQQIB")  # the first 29 bytes of LOG_HEADER_DTYPE
 NotifyAppend = Callable[[bool], None]
 
 
-_NEW_ENTRY = object.__new__
-_SET_TERM = LogEntry.__dict__["term"].__set__
-_SET_VALUE = LogEntry.__dict__["value"].__set__
-_SET_VAL_TYPE = LogEntry.__dict__["val_type"].__set__
-_SET_TIMESTAMP = LogEntry.__dict__["timestamp_us"].__set__
+# Entries read back were validated when appended: they are built in one compiled call
+# that skips LogEntry's checks and sets the frozen dataclass's slots directly.
+_ENTRY_SETTERS = tuple(
+    LogEntry.__dict__[name] for name in ("term", "value", "val_type", "timestamp_us")
+)
+_VAL_TYPE_OF_BYTE = tuple(_VAL_TYPES.get(byte) for byte in range(256))
 
 
-def _trusted_entry(term: int, value: bytes, val_type: int, timestamp_us: int) -> LogEntry:
-    # Entries read back were validated when appended: skip LogEntry's checks, and set
-    # the frozen dataclass's slots through their descriptors (cheaper than setattr).
-    entry: LogEntry = _NEW_ENTRY(LogEntry)
-    _SET_TERM(entry, term)
-    _SET_VALUE(entry, value)
-    _SET_VAL_TYPE(entry, _VAL_TYPES[val_type])
-    _SET_TIMESTAMP(entry, timestamp_us)
-    return entry
+def _trusted_entries(headers: bytes | np.ndarray, values: list[bytes]) -> list[LogEntry]:
+    """``LogEntry`` objects from log header rows (LOG_HEADER_DTYPE) and their values."""
+    entries: list[LogEntry] = build_log_entries(
+        LogEntry, _ENTRY_SETTERS, headers, values, _VAL_TYPE_OF_BYTE
+    )
+    return entries
 
 
 class SegmentedLogStore(LogStore):
@@ -210,9 +210,10 @@ class SegmentedLogStore(LogStore):
         self._parallel = parallel
         self._notify = notify
         self._pending: list[LogEntry] = []
-        self._pending_rows: list[tuple[int, int, int, int, int]] = []
+        # The buffered entries' header rows and values, and the partition next indices
+        # (counting buffered entries), which ``append`` assigns from in compiled code.
+        self._rows = LogRowBuffer(self.partition_count, next_indices, PENDING_RECORDS_MAX)
         self._retention: list[Callable[[], int]] = []
-        self._next_partition_index = next_indices
         self._route_wakeup = threading.Event()
         self._route_error: BaseException | None = None
         self._failure: BaseException | None = None
@@ -305,12 +306,22 @@ class SegmentedLogStore(LogStore):
                 self._check_open()
             if self._failure is not None:
                 self._raise_failed()
-            self._pending_rows.append(self._row_of(entry, self._next_partition_index))
+            count = self._rows.add(entry.term, entry.timestamp_us, entry.val_type, entry.value)
+            if count == ROW_SLOW:
+                count = self._add_slow(entry)
             self._pending.append(entry)
-            count = len(self._pending)
             if count >= PENDING_RECORDS_MAX:
                 self._write_pending()
             return self._log.last_index + count
+
+    def _add_slow(self, entry: LogEntry) -> int:
+        """Buffer what the compiled ``LogRowBuffer.add`` did not: the Python twin raises
+        the precise PartitionError (changing nothing) or computes the row itself."""
+        row = self._row_of(entry, self._rows.next_indices)
+        count = self._rows.add_row(*row, entry.value)
+        if count != len(self._pending) + 1:
+            raise SegstoreError(f"log row buffer holds {count} rows, not {len(self._pending) + 1}")
+        return count
 
     def _row_of(
         self, entry: LogEntry, next_indices: dict[int, int]
@@ -348,7 +359,7 @@ class SegmentedLogStore(LogStore):
         A partition's next index becomes the index of its first removed entry: the
         assignment is a function of the log prefix, so no router state is needed.
         """
-        after = dict(self._next_partition_index)
+        after = dict(self._rows.next_indices)
         aof_last = self._log.last_index
         seen: set[int] = set()
         low = max(index, self._log.first_index)
@@ -361,19 +372,25 @@ class SegmentedLogStore(LogStore):
                     after[pid] = int(headers["partition_index"][position])
                     seen.add(pid)
         first_pending = max(index - aof_last - 1, 0)
-        for _, _, pindex, pid, _ in self._pending_rows[first_pending:]:
+        pending = self._pending_headers()[first_pending:]
+        for pindex, pid in zip(
+            pending["partition_index"].tolist(), pending["partition_id"].tolist(), strict=True
+        ):
             if pid != NO_PARTITION and pid not in seen:
                 after[pid] = pindex
                 seen.add(pid)
         return after
 
+    def _pending_headers(self) -> np.ndarray:
+        """The buffered entries' log header rows (a view of the row buffer)."""
+        return np.frombuffer(self._rows.rows(), LOG_HEADER_DTYPE)
+
     def _write_pending(self) -> None:
         if not self._pending:
             return
-        headers = np.array(self._pending_rows, LOG_HEADER_DTYPE)
-        self._log.append_batch([e.value for e in self._pending], headers)
+        self._log.append_batch(self._rows.values, self._pending_headers())
         self._pending.clear()
-        self._pending_rows.clear()
+        self._rows.truncate(0)
 
     def end_of_append_batch(self, start: int, count: int) -> None:
         """The group-commit point: write the batch; wait for it unless parallel."""
@@ -409,10 +426,10 @@ class SegmentedLogStore(LogStore):
         if index > aof_last:
             keep = index - aof_last - 1
             del self._pending[keep:]
-            del self._pending_rows[keep:]
+            self._rows.truncate(keep)
         else:
             self._pending.clear()
-            self._pending_rows.clear()
+            self._rows.truncate(0)
             with self._router.paused():
                 try:
                     # Route first: a partition holding records from before a crash is
@@ -424,7 +441,7 @@ class SegmentedLogStore(LogStore):
                     # Half a rollback: the router's view may no longer match the files.
                     self._failure = exc
                     raise
-        self._next_partition_index = after
+        self._rows.next_indices = after
 
     # -- reads -------------------------------------------------------------------------
 
@@ -444,8 +461,7 @@ class SegmentedLogStore(LogStore):
 
     def _read_entry(self, index: int) -> LogEntry:
         header, value = self._log.read_record(index)
-        term, timestamp, _, _, val_type = _HEADER.unpack_from(header)
-        return _trusted_entry(term, value, val_type, timestamp)
+        return _trusted_entries(header, [value])[0]
 
     def term_at(self, index: int) -> int:
         """Term at ``index``; 0 below start_index; raises past the tail."""
@@ -478,16 +494,9 @@ class SegmentedLogStore(LogStore):
             stored_end = min(end, aof_last + 1)
             entries: list[LogEntry] = []
             if start < stored_end:
-                headers = self._log.headers(start, stored_end)
-                values = self._log.read_range(start, stored_end, copy=True)
-                entries = list(
-                    map(
-                        _trusted_entry,
-                        headers["term"].tolist(),
-                        values,
-                        headers["val_type"].tolist(),
-                        headers["timestamp_us"].tolist(),
-                    )
+                entries = _trusted_entries(
+                    self._log.headers(start, stored_end),
+                    self._log.read_range(start, stored_end, copy=True),
                 )
             if end > aof_last + 1:
                 entries.extend(self._pending[max(start - aof_last - 1, 0) : end - aof_last - 1])
@@ -584,7 +593,7 @@ class SegmentedLogStore(LogStore):
                         f"apply_pack index {index} is below start_index "
                         f"{self._start_index} of an empty store"
                     )
-                self._check_entries(entries, self._next_partition_index)
+                self._check_entries(entries, self._rows.next_indices)
                 if index != next_slot:
                     self._compact_locked(index - 1)
             elif not self._start_index <= index <= next_slot:
@@ -726,11 +735,25 @@ class SegmentedLogStore(LogStore):
             raise ClosedError(f"SegmentedLogStore {self.path} is closed")
         return self._partitions.pinned(partition_id)
 
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        """The store's LMDB checkpoint store (the state-machine layer writes its
+        applied checkpoints there, in the same environment)."""
+        self._check_open()
+        assert self._checkpoints is not None  # set whenever the store is open
+        return self._checkpoints
+
+    def first_retained_index(self) -> int:
+        """The first log index still physically present (<= start_index once entries
+        below start_index are kept for the partitions or other retention holds)."""
+        self._check_open()
+        return self._log.first_index
+
     def partition_next_indices(self) -> dict[int, int]:
         """Next partition log index of every partition holding entries (absent: 1),
         counting entries not yet durable."""
         with self._lock:
-            return {pid: n for pid, n in self._next_partition_index.items() if n > 1}
+            return {pid: n for pid, n in self._rows.next_indices.items() if n > 1}
 
     def _route_loop(self) -> None:
         last_checkpoint = time.monotonic()
