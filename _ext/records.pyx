@@ -980,12 +980,13 @@ cdef enum:
 cdef extern from "Python.h":
     object PyLong_FromUnsignedLong(unsigned long v)
     object PyLong_FromUnsignedLongLong(unsigned long long v)
-    unsigned long long PyLong_AsUnsignedLongLong(object obj) except? <unsigned long long>-1
+    # Errors checked by hand: an overflow means "take the slow path", not an exception.
+    unsigned long long PyLong_AsUnsignedLongLong(object obj) noexcept
     void* PyDict_GetItem(object d, object key)
     int PyDict_SetItem(object d, object key, object value) except -1
     int PyList_Append(object lst, object item) except -1
     void PyErr_Clear()
-    object PyErr_Occurred()
+    void* PyErr_Occurred()
 
 
 cdef extern from *:
@@ -1087,7 +1088,7 @@ cdef class LogRowBuffer:
         cdef uint64_t expected = 1
         if found != NULL:
             expected = PyLong_AsUnsignedLongLong(<object>found)
-            if expected == <uint64_t>-1 and PyErr_Occurred() is not None:
+            if expected == <uint64_t>-1 and PyErr_Occurred() != NULL:
                 PyErr_Clear()
                 return _SLOW
         if partition_index == 0:

@@ -266,6 +266,72 @@ def test_partition_index_assignment(tmp_path: Path) -> None:
         assert_partitions_match(store, history)
 
 
+def test_append_returns_the_index_when_the_buffer_is_written_early(tmp_path: Path) -> None:
+    """Without end_of_append_batch the buffer is written every PENDING_RECORDS_MAX
+    entries; the append that triggers it still returns its own index (it returned
+    last_index + 4096 past the records it had just written)."""
+    from segstore.raft.segmented_store import PENDING_RECORDS_MAX
+
+    history: History = []
+    with open_store(tmp_path / "s") as store:
+        count = 2 * PENDING_RECORDS_MAX + 3
+        indices = [append(store, history, app(k % PARTITIONS, b"%d" % k)) for k in range(count)]
+        assert indices == list(range(1, count + 1))
+        assert store.next_slot() == count + 1
+        assert store._log.last_index == 2 * PENDING_RECORDS_MAX  # two early writes
+        store.flush()
+        assert_log_is(store, history, 1)
+        assert_partitions_match(store, history)
+
+
+def test_explicit_index_checks_match_across_buffer_writes(tmp_path: Path) -> None:
+    """Explicit partition indices are checked against the next indices counting both
+    written and buffered entries, before and after the buffer is written, and after a
+    write_at into the buffer rewinds them."""
+    history: History = []
+    with open_store(tmp_path / "s") as store:
+        append(store, history, app(3, b"a"))  # 3:1, buffered
+        append(store, history, app(3, b"b", index=2))  # explicit, buffered
+        with pytest.raises(PartitionError, match="next one is 3"):
+            store.append(app(3, b"x", index=2))
+        store.end_of_append_batch(1, 2)  # written
+        with pytest.raises(PartitionError, match="next one is 3"):
+            store.append(app(3, b"x", index=4))
+        append(store, history, app(3, b"c", index=3))  # after the write
+        append(store, history, app(3, b"d"))  # 3:4, buffered
+        write_at(store, history, 4, app(3, b"e", index=4))  # replaces 3:4 in the buffer
+        assert store.partition_next_indices() == {3: 5}
+        with pytest.raises(PartitionError, match="next one is 5"):
+            store.append(app(3, b"x", index=4))
+        store.flush()
+        assert store.partition_of(4) == (3, 4)
+        assert_log_is(store, history, 1)
+        assert_partitions_match(store, history)
+
+
+def test_partition_index_at_the_u64_limit_is_checked_like_any(tmp_path: Path) -> None:
+    """A partition whose next index is past what a u64 holds refuses every explicit
+    index and cannot assign one; nothing changes (the compiled path defers such numbers
+    to the Python twin)."""
+    with open_store(tmp_path / "s") as store:
+        store._rows.next_indices[1] = 2**64
+        before = (store.next_slot(), store.partition_next_indices())
+        for bad in (app(1, b"x", index=2**64 - 1), app(1, b"x", index=1)):
+            with pytest.raises(PartitionError):
+                store.append(bad)
+        assert (store.next_slot(), store.partition_next_indices()) == before
+        store._rows.next_indices[1] = 2**64 - 1
+        assert store.append(app(1, b"last", index=2**64 - 1)) == 1
+        assert store.partition_next_indices()[1] == 2**64
+        assert store._pending_headers()[["partition_id", "partition_index"]].tolist() == [
+            (1, 2**64 - 1)
+        ]
+        # (never written: no partition log can hold that index; the test's doing, not
+        # the store's, so it drops the entry before close routes it)
+        store.write_at(1, conf(b"c"))
+        assert store.partition_next_indices()[1] == 2**64 - 1
+
+
 def test_non_app_entries_belong_to_no_partition(tmp_path: Path) -> None:
     """conf, custom and cluster_server entries are never routed, even when their value
     looks like a partition header."""

@@ -301,18 +301,21 @@ class SegmentedLogStore(LogStore):
         """Append ``entry`` at next_slot; app_log entries are routed to their partition."""
         if type(entry) is not LogEntry:
             check_log_entry(entry)
-        with self._lock:
-            if self._closed:
-                self._check_open()
-            if self._failure is not None:
-                self._raise_failed()
+        lock = self._lock  # acquire/release: cheaper than ``with`` on this per-entry path
+        lock.acquire()
+        try:
+            if self._closed or self._failure is not None:
+                self._check_writable()
             count = self._rows.add(entry.term, entry.timestamp_us, entry.val_type, entry.value)
             if count == ROW_SLOW:
                 count = self._add_slow(entry)
             self._pending.append(entry)
+            index: int = self._log.last_index + count
             if count >= PENDING_RECORDS_MAX:
                 self._write_pending()
-            return self._log.last_index + count
+            return index
+        finally:
+            lock.release()
 
     def _add_slow(self, entry: LogEntry) -> int:
         """Buffer what the compiled ``LogRowBuffer.add`` did not: the Python twin raises
