@@ -746,3 +746,164 @@ def test_read_only_mmap_segment_and_no_leaked_buffer_exports(tmp_path: Path) -> 
         with pytest.raises((TypeError, ValueError)):
             encode_one(mapped, 0, b"x", b"abcd", 1, 1, 0)  # read-only
         mapped.close()
+
+
+# -- the segmented log's rows (FORMAT.md 7.1, 7.2) against the Python twin ---------------
+# LogRowBuffer.add against SegmentedLogStore._row_of (the twin the store falls back to),
+# and build_log_entries against LogEntry's own constructor. Invariant 4 (partition
+# indices are contiguous) rests on add assigning and refusing exactly as the twin does.
+
+
+def _twin_row(
+    entry: object, next_indices: dict[int, int], partition_count: int
+) -> tuple[int, int, int, int, int] | None:
+    """The twin's row for ``entry`` (advancing ``next_indices``), None if it refuses."""
+    from segstore.errors import PartitionError
+    from segstore.raft.segmented_store import SegmentedLogStore
+
+    holder = object.__new__(SegmentedLogStore)
+    holder.partition_count = partition_count
+    try:
+        return holder._row_of(entry, next_indices)  # type: ignore[arg-type]
+    except PartitionError:
+        return None
+
+
+_row_entries = st.builds(
+    lambda kind, pid, index, payload, raw, term, ts: (kind, pid, index, payload, raw, term, ts),
+    st.sampled_from(["app", "app", "app", "conf", "raw"]),
+    st.sampled_from([0, 1, 2, 3, 5, 0xFFFFFFFE]),
+    st.one_of(st.just(0), st.just(0), st.integers(0, 6), st.just(2**64 - 1)),
+    st.binary(max_size=8),
+    st.binary(max_size=20),
+    st.sampled_from([0, 1, 2**64 - 1]),
+    st.sampled_from([0, 7, 2**64 - 1]),
+)
+
+
+@given(entries=st.lists(_row_entries, max_size=40), capacity=st.sampled_from([1, 3, 64]))
+def test_log_row_buffer_add_matches_twin(
+    entries: list[tuple[str, int, int, bytes, bytes, int, int]], capacity: int
+) -> None:
+    from segstore.raft import LogEntry, LogValType, encode_entry
+    from segstore.raft.partition_entry import LOG_HEADER_DTYPE
+
+    partitions = 4
+    buffer = kernels.LogRowBuffer(partitions, {}, capacity)
+    twin_indices: dict[int, int] = {}
+    rows: list[tuple[int, int, int, int, int]] = []
+    values: list[bytes] = []
+    for kind, pid, index, payload, raw, term, ts in entries:
+        if kind == "conf":
+            entry = LogEntry(term, encode_entry(pid, payload, index), LogValType.conf, ts)
+        elif kind == "raw":  # no header, a foreign one, or a damaged one
+            entry = LogEntry(term, raw, LogValType.app_log, ts)
+        else:
+            entry = LogEntry(term, encode_entry(pid, payload, index), LogValType.app_log, ts)
+        expected = _twin_row(entry, twin_indices, partitions)
+        before = dict(buffer.next_indices)
+        count = buffer.add(entry.term, entry.timestamp_us, entry.val_type, entry.value)
+        if expected is None:
+            assert count == kernels.ROW_SLOW
+            assert buffer.next_indices == before
+            continue
+        assert count == len(rows) + 1, entry
+        rows.append(expected)
+        values.append(entry.value)
+        assert buffer.next_indices == twin_indices
+    assert len(buffer) == len(rows)
+    assert buffer.values == values
+    got = np.frombuffer(buffer.rows(), LOG_HEADER_DTYPE)
+    assert got.tolist() == rows
+    assert bytes(buffer.rows())[29::32] + bytes(buffer.rows())[30::32] == bytes(2 * len(rows))
+
+
+def test_log_row_buffer_row_bytes_truncate_and_arguments() -> None:
+    """Rows are the FORMAT.md 7.2 bytes, zero padded; add_row writes a given row;
+    truncate keeps a prefix; a rows() view stays valid while the buffer grows."""
+    from segstore.raft import encode_entry
+
+    buffer = kernels.LogRowBuffer(8, {6: 9}, capacity=1)
+    assert buffer.add(3, 4, 1, encode_entry(6, b"p")) == 1
+    view = buffer.rows()
+    assert buffer.add_row(5, 6, 0, 0xFFFFFFFF, 2, b"conf") == 2  # grows
+    assert (
+        bytes(view)
+        == (3).to_bytes(8, "little")
+        + (4).to_bytes(8, "little")
+        + (9).to_bytes(8, "little")
+        + (6).to_bytes(4, "little")
+        + b"\x01\x00\x00\x00"
+    )
+    assert buffer.next_indices == {6: 10}
+    assert buffer.values == [encode_entry(6, b"p"), b"conf"]
+    assert (
+        bytes(buffer.rows())[32:]
+        == (5).to_bytes(8, "little")
+        + (6).to_bytes(8, "little")
+        + bytes(8)
+        + b"\xff\xff\xff\xff\x02\x00\x00\x00"
+    )
+    buffer.truncate(1)
+    assert len(buffer) == 1 and buffer.values == [encode_entry(6, b"p")]
+    assert bytes(buffer.rows()) == bytes(view)
+    with pytest.raises(ValueError):
+        buffer.truncate(2)
+    with pytest.raises(ValueError):
+        buffer.add(1, 0, 256, b"")
+    with pytest.raises(OverflowError):
+        buffer.add(2**64, 0, 1, encode_entry(1, b""))
+    assert len(buffer) == 1
+    with pytest.raises(ValueError):
+        kernels.LogRowBuffer(0, {})
+    with pytest.raises(ValueError):
+        kernels.LogRowBuffer(2**32, {})
+    with pytest.raises(TypeError):
+        kernels.LogRowBuffer(1, [])  # type: ignore[arg-type]
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2**63, 2**64 - 1]),
+            st.sampled_from([0, 1, 2**64 - 1]),
+            st.sampled_from([1, 2, 3, 4, 5, 231]),
+            st.binary(max_size=12),
+        ),
+        max_size=20,
+    )
+)
+def test_build_log_entries_matches_constructor(rows: list[tuple[int, int, int, bytes]]) -> None:
+    from segstore.raft import LogEntry, LogValType
+    from segstore.raft.partition_entry import LOG_HEADER_DTYPE
+    from segstore.raft.segmented_store import _trusted_entries
+
+    headers = np.array([(t, ts, 0, 0, v) for t, ts, v, _ in rows], LOG_HEADER_DTYPE)
+    values = [value for *_, value in rows]
+    built = _trusted_entries(headers, values)
+    expected = [LogEntry(t, value, LogValType(v), ts) for t, ts, v, value in rows]
+    assert built == expected
+    assert all(type(e) is LogEntry and type(e.val_type) is LogValType for e in built)
+    assert [hash(e) for e in built] == [hash(e) for e in expected]
+
+
+def test_build_log_entries_refuses_what_it_cannot_use() -> None:
+    from segstore.raft import LogEntry
+    from segstore.raft.partition_entry import LOG_HEADER_DTYPE
+    from segstore.raft.segmented_store import _ENTRY_SETTERS, _VAL_TYPE_OF_BYTE
+
+    rows = np.array([(1, 0, 0, 0, 1)], LOG_HEADER_DTYPE)
+    bad_type = np.array([(1, 0, 0, 0, 9)], LOG_HEADER_DTYPE)
+    build = kernels.build_log_entries
+    with pytest.raises(ValueError, match="unknown val_type 9"):
+        build(LogEntry, _ENTRY_SETTERS, bad_type, [b""], _VAL_TYPE_OF_BYTE)
+    with pytest.raises(ValueError, match="not 2 rows"):
+        build(LogEntry, _ENTRY_SETTERS, rows, [b"", b""], _VAL_TYPE_OF_BYTE)
+    with pytest.raises(TypeError):
+        build(LogEntry, (1, 2, 3, 4), rows, [b""], _VAL_TYPE_OF_BYTE)
+    with pytest.raises(TypeError):
+        build("LogEntry", _ENTRY_SETTERS, rows, [b""], _VAL_TYPE_OF_BYTE)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        build(LogEntry, _ENTRY_SETTERS[:3], rows, [b""], _VAL_TYPE_OF_BYTE)
+    with pytest.raises(ValueError):
+        build(LogEntry, _ENTRY_SETTERS, rows, [b""], _VAL_TYPE_OF_BYTE[:10])
