@@ -12,12 +12,13 @@ Threading model
 * ``submit`` (any thread: the Raft engine's commit thread, the embedded pipeline's
   driver) appends committed entries to per-partition queues under one lock and
   schedules the partition if it is idle. It never runs an apply itself.
-* A partition whose ``apply`` is a plain function is drained by a worker of a
-  ``ThreadPoolExecutor`` (``threads`` workers): the worker takes a run of queued
-  entries and applies them one after the other. A partition is scheduled at most once
-  at a time, which is what keeps one apply in flight per partition and the order.
-  CPython's GIL lets applies that release it (I/O, C code) overlap; pure-Python applies
-  interleave.
+* A partition whose ``apply`` is a plain function is drained by one of ``threads``
+  worker threads, which wait on a queue of ready partitions: the worker takes a run of
+  queued entries and applies them one after the other, until the partition's queue is
+  empty. Scheduling a partition costs a deque append and a notify, not a task object.
+  A partition is scheduled at most once at a time, which is what keeps one apply in
+  flight per partition and the order. CPython's GIL lets applies that release it (I/O,
+  C code) overlap; pure-Python applies interleave.
 * A partition whose ``apply`` is ``async def`` is drained by a task on one asyncio event
   loop running in its own thread, awaiting each apply in turn; many async partitions
   overlap on that loop.
@@ -53,7 +54,6 @@ import inspect
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -210,7 +210,14 @@ class Applier:
         self._floor = checkpoints.applied_raft_floor()
         self._commit_index = self._floor
         self._parts = [self._restored(pid, stored.get(pid)) for pid in range(partition_count)]
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="segstore-apply")
+        self._ready: deque[_Partition] = deque()  # synchronous partitions to drain
+        self._work = threading.Condition(self._lock)
+        self._workers = [
+            threading.Thread(target=self._work_loop, name=f"segstore-apply-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
 
@@ -290,17 +297,39 @@ class Applier:
                 queued += len(run)
                 if not part.scheduled and part.error is None:
                     part.scheduled = True
-                    to_schedule.append(part)
+                    if part.is_async:
+                        to_schedule.append(part)
+                    else:
+                        self._ready.append(part)
+                        self._work.notify()
             self._commit_index = max(self._commit_index, max(raft_indices))
         for part in to_schedule:
             self._schedule(part)
         return queued
 
     def _schedule(self, part: _Partition) -> None:
+        """Hand a partition just marked scheduled to its drainer (lock not held)."""
         if part.is_async:
             asyncio.run_coroutine_threadsafe(self._drain_async(part), self._event_loop())
         else:
-            self._pool.submit(self._drain, part)
+            with self._lock:
+                self._ready.append(part)
+                self._work.notify()
+
+    def _work_loop(self) -> None:
+        """A worker: drain ready synchronous partitions until the applier closes."""
+        while True:
+            with self._lock:
+                while not self._ready and not self._closed:
+                    self._work.wait()
+                if self._closed:
+                    for part in self._ready:
+                        part.scheduled = False
+                    self._ready.clear()
+                    self._progress.notify_all()
+                    return
+                part = self._ready.popleft()
+            self._drain(part)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -582,7 +611,9 @@ class Applier:
                 return
             self._closed = True
             self._progress.notify_all()
-        self._pool.shutdown(wait=True)
+            self._work.notify_all()
+        for worker in self._workers:
+            worker.join()
         loop = self._loop
         if loop is not None and self._loop_thread is not None:
             loop.call_soon_threadsafe(loop.stop)

@@ -186,12 +186,16 @@ class SegmentedStateMachine(StateMachine):
         """Apply everything up to ``s.last_log_idx``, checkpoint every partition and
         store the snapshot blob; ``when_done(ok, error)``."""
         try:
-            if self.applier.commit_index > s.last_log_idx:
+            committed = self.applier.commit_index
+            if committed > s.last_log_idx:
                 raise InvalidArgumentError(
-                    f"cannot snapshot at {s.last_log_idx}: entries up to "
-                    f"{self.applier.commit_index} are already committed"
+                    f"cannot snapshot at {s.last_log_idx}: entries up to {committed} are "
+                    "already committed"
                 )
-            self.applier.advance_commit(s.last_log_idx)
+            if committed < s.last_log_idx:
+                # The engine snapshots only at a committed index; entries it committed
+                # without calling commit (types of no partition) are handed in here.
+                self.commit_range(committed + 1, s.last_log_idx + 1)
             self.applier.wait_applied(s.last_log_idx)
             self.applier.checkpoint()
             blob = encode_snapshot(s, self.store.checkpoints.read_applied_all())
@@ -230,6 +234,12 @@ class SegmentedStateMachine(StateMachine):
         """Install the received snapshot into every partition."""
         blob = bytes(self._receiving)
         snapshot, states = decode_snapshot(blob)
+        foreign = [pid for pid in states if pid >= self.applier.partition_count]
+        if foreign:
+            raise InvalidArgumentError(
+                f"the snapshot holds partitions {foreign[:8]} but this store has "
+                f"{self.applier.partition_count}: it comes from another layout"
+            )
         if snapshot.last_log_idx != s.last_log_idx:
             raise InvalidArgumentError(
                 f"received snapshot is at {snapshot.last_log_idx}, not {s.last_log_idx}"
