@@ -50,6 +50,16 @@ Usage:
       recovered, every partition state is checked against a model fed each
       committed entry exactly once, and `segstore stats` of the directory is
       printed. Exit status 1 if the check fails.
+  segstore node --id N --dir DIR --address HOST:PORT [--peer HOST:PORT ...]
+               [--partitions N] [--password-env VAR] [--control]
+      One member of a multi-node cluster (issue #5, docs/CLUSTER.md) over pysyncobj,
+      with the built-in recording state machine in every partition. Prints a status
+      line every second until SIGINT or SIGTERM, then closes cleanly. --control reads
+      JSON-line commands on stdin instead (status, submit, load, load_wait, digest,
+      payloads, add_member, remove_member, wait_leader, close) and answers one JSON
+      line each: what the cluster tests and benchmarks drive. A non-loopback address
+      is refused unless a password is set (read from the environment variable named
+      by --password-env): the transport exchanges pickles.
   segstore demo --aof [--records N] [--dir DIR] [--keep]
       The Aof alone: append N records (default 1,000,000) with group commit,
       reopen, verify every CRC, and print throughput, recovery time and a dump
@@ -95,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=1_000_000, help="records (--aof)")
     demo.add_argument("--dir", default=None, help="data directory (default: a temp dir)")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
+    node = commands.add_parser("node", help="run one member of a multi-node cluster")
+    node.add_argument("--id", type=int, required=True, help="this node's id (positive)")
+    node.add_argument("--dir", required=True, help="data directory")
+    node.add_argument("--address", default="127.0.0.1:7001", help="host:port to listen on")
+    node.add_argument("--peer", action="append", default=[], help="another member's host:port")
+    node.add_argument("--partitions", type=int, default=64, help="partitions (at creation)")
+    node.add_argument("--password-env", default=None, help="env variable holding a password")
+    node.add_argument("--control", action="store_true", help="JSON-line commands on stdin")
+    node.add_argument("--tick-ms", type=float, default=5.0, help="engine tick period")
+    node.add_argument("--append-ms", type=float, default=10.0, help="append batching period")
     return parser
 
 
@@ -121,6 +141,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from segstore.inspection import stats
 
             return stats(args.path, sys.stdout, as_json=args.json)
+        if args.command == "node":
+            import os
+
+            from segstore.cluster import run_node
+
+            password = os.environ.get(args.password_env) if args.password_env else None
+            return run_node(
+                args.id,
+                args.dir,
+                args.address,
+                args.peer,
+                args.partitions,
+                password=password,
+                control=args.control,
+                tick_period_s=args.tick_ms / 1000,
+                append_period_s=args.append_ms / 1000,
+            )
         if args.aof:
             from segstore.aof_demo import run_aof_demo
 

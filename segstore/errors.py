@@ -127,3 +127,41 @@ __all__ = [
     "StorageIOError",
     "StoreLockedError",
 ]
+
+
+class ClusterError(SegstoreError):
+    """A multi-node cluster (``segstore.cluster``) could not do what was asked."""
+
+
+class InsecureBindError(ClusterError, ValueError):
+    """A node was asked to listen on a non-loopback address without a password.
+
+    The Raft transport exchanges pickles, which a peer can use to run code: bind
+    127.0.0.1 (the default), or set a password (pysyncobj's encryption, which needs
+    the ``cryptography`` package) before listening anywhere else.
+    """
+
+
+class TruncationRefusedError(ClusterError):
+    """The Raft host was asked to replace or drop log entries at or below the commit
+    index. Raft never changes committed entries, so the node stops instead (fail-stop)
+    rather than lose them; ``index`` is the entry and ``commit_index`` the commit
+    index it would have undone."""
+
+    def __init__(self, index: int, commit_index: int, detail: str) -> None:
+        self.index = index
+        self.commit_index = commit_index
+        super().__init__(
+            f"refusing to truncate the log at raft index {index}: entries up to "
+            f"{commit_index} are committed ({detail}); the node stops (fail-stop) - "
+            "inspect the data directory and the peers' logs before restarting it"
+        )
+
+
+class SubmitError(ClusterError):
+    """A submission was not confirmed applied: the node failed, closed, or the
+    submission timed out. Retrying it with the same request id is safe (a request
+    applies at most once)."""
+
+
+__all__ += ["ClusterError", "InsecureBindError", "SubmitError", "TruncationRefusedError"]

@@ -1,0 +1,666 @@
+"""A :class:`~segstore.raft.host.RaftHost` over pysyncobj 0.3.17.
+
+pysyncobj is a Raft engine that keeps its log in a *journal* object reached through
+its module-level ``createJournal`` factory, and talks through a configurable transport
+class. This module maps both onto segstore (docs/CLUSTER.md has the reasoning):
+
+:class:`StoreJournal` is the journal, over a
+:class:`~segstore.raft.segmented_store.SegmentedLogStore`:
+
+* **Positions.** pysyncobj addresses the journal by 0-based list position
+  (``journal[0]`` is its first entry, ``journal[-1]`` the last) and slices whole tails
+  (``journal[k:]``). Position ``k`` is raft index ``start + k``; a slice is a lazy
+  :class:`_EntrySlice` read from the store in batches of :data:`READ_BATCH_ENTRIES`,
+  materialised only when pysyncobj cuts it for a message.
+* **Entries.** pysyncobj entries are ``(command, index, term)``. A command of ours
+  (the one replicated method, :meth:`_SegstoreSyncObj.segstore_entry`) becomes an
+  app_log entry whose value is exactly the ``encode_entry`` value, so the store routes
+  it to its partition; the command is rebuilt from the value when read. pysyncobj's
+  own commands (its no-op, membership and version changes) are stored verbatim as
+  ``custom`` (no-op, version) or ``conf`` (membership) entries, of no partition.
+* **Truncation.** pysyncobj calls ``deleteEntriesFrom`` whenever an append request
+  overlaps its log, even when the entries it would remove equal the incoming ones,
+  committed ones included. Here ``deleteEntriesFrom`` only lowers the *visible* end,
+  never below the commit index, and removes nothing; the ``add`` calls that follow
+  compare each entry with the stored one: same term, it is kept as it is; a different
+  term is a real conflict, and only then is the store cut, by ``write_at``. A conflict
+  at or below the commit index raises :class:`~segstore.errors.TruncationRefusedError`
+  and puts the node into fail-stop.
+* **Term and vote** live in :class:`~segstore.raft.host.FileStateMgr` and are durable
+  (fsync) before ``setCurrentTerm`` returns, that is before pysyncobj sends the
+  ``request_vote`` or ``response_vote`` that depends on them.
+* **Commit index** is kept monotone here (pysyncobj's own can move backwards), and
+  saved at most every :data:`COMMIT_SAVE_INTERVAL_S`, never above the durable index.
+* **Compaction and snapshots** go through pysyncobj's serializer, which pickles the
+  whole ``SyncObj`` and keeps two log entries; it is switched off (the journal refuses
+  ``deleteEntriesTo`` and ``clear``), so a member catches up by replaying the log.
+
+:class:`GroupCommitTransport` is the TCP transport with group commit: while the journal
+holds appends that are not durable, every outgoing message waits in an outbox; once per
+tick the host flushes the store (one fdatasync) and then sends the outbox, in order.
+Nothing leaves a node before what it acknowledges is durable, and a follower that
+received many append requests in one poll pays one fsync for all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+import pysyncobj.syncobj as _syncobj_module  # type: ignore[import-untyped]
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON  # type: ignore[import-untyped]
+from pysyncobj.journal import Journal  # type: ignore[import-untyped]
+from pysyncobj.transport import TCPTransport  # type: ignore[import-untyped]
+
+from segstore.errors import ClusterError, InvalidArgumentError, TruncationRefusedError
+from segstore.raft.host import DoneCallback, FailedCallback, FileStateMgr, HostStatus, RaftHost
+from segstore.raft.log_entry import LogEntry, LogValType
+from segstore.raft.segmented_state_machine import SegmentedStateMachine
+from segstore.raft.segmented_store import SegmentedLogStore
+
+logger = logging.getLogger(__name__)
+
+PYSYNCOBJ_VERSION: Final = "0.3.17"
+"""The pysyncobj release this adapter was written and tested against (pinned)."""
+
+READ_BATCH_ENTRIES: Final = 512
+"""Entries an :class:`_EntrySlice` reads from the store at a time."""
+
+RECENT_ENTRIES_MAX: Final = 16_384
+"""Newest commands kept in memory, so sending fresh entries reads no store."""
+
+COMMIT_SAVE_INTERVAL_S: Final = 0.2
+"""Shortest time between two saves of the commit index (it is a hint on restart)."""
+
+STATUS_INTERVAL_S: Final = 0.02
+"""Shortest time between two status snapshots taken on the tick thread."""
+
+_JOURNAL_PREFIX: Final = "segstore-journal:"
+
+# pysyncobj's command types (``_COMMAND_TYPE`` in pysyncobj/syncobj.py).
+_REGULAR: Final = 0
+_NO_OP: Final = 1
+_MEMBERSHIP: Final = 2
+_VERSION: Final = 3
+
+_CONF = LogValType.conf
+_CUSTOM = LogValType.custom
+_APP_LOG = LogValType.app_log
+
+PysyncobjEntry = tuple[bytes, int, int]
+"""A pysyncobj journal entry: ``(command, raft index, term)``."""
+
+
+# -- the journal factory -------------------------------------------------------------
+
+_pending_journals: dict[str, StoreJournal] = {}
+_pending_lock = threading.Lock()
+_original_create_journal: Callable[[str | None], Any] = _syncobj_module.createJournal
+
+
+def _create_journal(journal_file: str | None = None) -> Any:
+    """pysyncobj's ``createJournal``, serving a registered :class:`StoreJournal` for
+    the ``segstore-journal:<token>`` file names and pysyncobj's own journals otherwise."""
+    if isinstance(journal_file, str) and journal_file.startswith(_JOURNAL_PREFIX):
+        with _pending_lock:
+            journal = _pending_journals.pop(journal_file, None)
+        if journal is None:
+            raise ClusterError(f"no segstore journal is registered as {journal_file!r}")
+        return journal
+    return _original_create_journal(journal_file)
+
+
+_syncobj_module.createJournal = _create_journal
+
+
+# -- entries -------------------------------------------------------------------------
+
+
+def _command_of_value(value: bytes) -> bytes:
+    """The pysyncobj command of one of our app_log values."""
+    return bytes((_REGULAR,)) + pickle.dumps((0, (value,)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _entry_of_command(command: bytes, term: int) -> LogEntry:
+    """The store entry of a pysyncobj command."""
+    if not isinstance(command, bytes) or not command:
+        raise ClusterError(f"pysyncobj handed the journal a {type(command).__name__} command")
+    kind = command[0]
+    if kind == _REGULAR:
+        try:
+            func_id, args = pickle.loads(command[1:])
+            (value,) = args
+        except Exception as exc:
+            raise ClusterError(f"undecodable replicated command: {exc}") from exc
+        if func_id != 0 or not isinstance(value, bytes):
+            raise ClusterError(
+                "a replicated command that is not segstore_entry(value) reached the journal"
+            )
+        return LogEntry(term, value, _APP_LOG)
+    if kind == _MEMBERSHIP:
+        return LogEntry(term, command, _CONF)
+    if kind in (_NO_OP, _VERSION):
+        return LogEntry(term, command, _CUSTOM)
+    raise ClusterError(f"unknown pysyncobj command type {kind}")
+
+
+def _command_of_entry(entry: LogEntry) -> bytes:
+    if entry.val_type is _APP_LOG:
+        return _command_of_value(entry.value)
+    return entry.value
+
+
+class _EntrySlice(Sequence[PysyncobjEntry]):
+    """Journal entries ``[low, high)`` by raft index, read lazily in batches."""
+
+    __slots__ = ("_high", "_journal", "_low")
+
+    def __init__(self, journal: StoreJournal, low: int, high: int) -> None:
+        self._journal = journal
+        self._low = low
+        self._high = max(low, high)
+
+    def __len__(self) -> int:
+        return self._high - self._low
+
+    def __getitem__(self, item: Any) -> Any:
+        count = self._high - self._low
+        if isinstance(item, slice):
+            start, stop, step = item.indices(count)
+            if step != 1:
+                return list(self)[item]
+            return _EntrySlice(self._journal, self._low + start, self._low + stop)
+        if item < 0:
+            item += count
+        if not 0 <= item < count:
+            raise IndexError(f"journal slice position {item} outside [0, {count})")
+        return self._journal.entry(self._low + item)
+
+    def __iter__(self) -> Iterator[PysyncobjEntry]:
+        low = self._low
+        while low < self._high:
+            high = min(self._high, low + READ_BATCH_ENTRIES)
+            yield from self._journal.entries(low, high)
+            low = high
+
+    def __reversed__(self) -> Iterator[PysyncobjEntry]:
+        high = self._high
+        while high > self._low:
+            low = max(self._low, high - READ_BATCH_ENTRIES)
+            yield from reversed(self._journal.entries(low, high))
+            high = low
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pysyncobj puts slices into messages: they travel as plain lists.
+        return (list, (list(self),))
+
+
+# -- the journal ---------------------------------------------------------------------
+
+
+class StoreJournal(Journal):  # type: ignore[misc]
+    """pysyncobj's journal over a :class:`SegmentedLogStore` (module docstring)."""
+
+    def __init__(self, store: SegmentedLogStore, state: FileStateMgr) -> None:
+        self._store = store
+        self._state = state
+        self._lock = threading.RLock()
+        self._start = store.start_index()
+        self._stored_last = store.next_slot() - 1
+        self._tail = self._stored_last  # the visible end pysyncobj sees
+        self._commit = min(state.commit_index(), self._stored_last)
+        self._commit_saved = self._commit
+        self._commit_saved_at = 0.0
+        self._dirty = False
+        self._recent: OrderedDict[int, PysyncobjEntry] = OrderedDict()
+        self.failure: BaseException | None = None
+        """The error that stopped this journal (fail-stop), or None."""
+        self.counters: dict[str, int] = {
+            "flushes": 0,
+            "appended": 0,
+            "skipped_matching": 0,
+            "deferred_deletes": 0,
+            "truncations": 0,
+            "refused_truncations": 0,
+        }
+        self.on_truncate: Callable[[int], None] | None = None
+        """Called with the raft index a real conflict truncated the log from."""
+
+    # -- what the host reads -----------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """Entries were appended since the last :meth:`flush`."""
+        return self._dirty
+
+    @property
+    def commit_index(self) -> int:
+        """The highest commit index pysyncobj reported (monotone)."""
+        return self._commit
+
+    @property
+    def last_index(self) -> int:
+        """The visible end of the log."""
+        return self._tail
+
+    def flush(self) -> None:
+        """Make every appended entry durable: the group-commit point (one fdatasync)."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self._store.flush()
+            self._dirty = False
+            self.counters["flushes"] += 1
+
+    def save_commit_index(self, force: bool = False) -> None:
+        """Save the commit index if it moved (at most every COMMIT_SAVE_INTERVAL_S),
+        never above the durable index: on restart it is pysyncobj's starting point."""
+        now = time.monotonic()
+        if not force and now - self._commit_saved_at < COMMIT_SAVE_INTERVAL_S:
+            return
+        commit = min(self._commit, self._store.last_durable_index())
+        if commit > self._commit_saved:
+            self._state.save_commit_index(commit)
+            self._commit_saved = commit
+        self._commit_saved_at = now
+
+    def entry(self, index: int) -> PysyncobjEntry:
+        """The pysyncobj entry at raft ``index``."""
+        cached = self._recent.get(index)
+        if cached is not None:
+            return cached
+        with self._lock:
+            if not self._start <= index <= self._stored_last:
+                raise IndexError(f"raft index {index} is outside the journal")
+            entry = self._store.entry_at(index)
+            if entry is None:
+                raise IndexError(f"raft index {index} is not in the store")
+            return (_command_of_entry(entry), index, entry.term)
+
+    def entries(self, low: int, high: int) -> list[PysyncobjEntry]:
+        """The pysyncobj entries ``[low, high)``."""
+        recent = self._recent
+        if low in recent and (high - 1) in recent:
+            try:
+                return [recent[index] for index in range(low, high)]
+            except KeyError:
+                pass
+        with self._lock:
+            entries = self._store.log_entries(low, high)
+        if entries is None:
+            raise IndexError(f"raft indices [{low}, {high}) are not all in the store")
+        return [(_command_of_entry(entry), low + k, entry.term) for k, entry in enumerate(entries)]
+
+    def _remember(self, entry: PysyncobjEntry) -> None:
+        self._recent[entry[1]] = entry
+        if len(self._recent) > RECENT_ENTRIES_MAX:
+            self._recent.popitem(last=False)
+
+    def _forget_from(self, index: int) -> None:
+        for stale in [i for i in self._recent if i >= index]:
+            del self._recent[stale]
+
+    def _check_ok(self) -> None:
+        if self.failure is not None:
+            raise ClusterError(f"the journal stopped after an error: {self.failure}")
+
+    # -- pysyncobj's Journal interface -------------------------------------------------
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        with self._lock:
+            self._check_ok()
+            if not self._start <= idx <= self._stored_last + 1:
+                raise ClusterError(
+                    f"pysyncobj added raft index {idx} to a log holding "
+                    f"[{self._start}, {self._stored_last}]: a gap"
+                )
+            entry = _entry_of_command(command, term)
+            if idx <= self._stored_last:
+                stored_term = self._store.term_at(idx)
+                if stored_term == term:
+                    # The same index and term: the same entry (Raft's log matching).
+                    self.counters["skipped_matching"] += 1
+                else:
+                    self._conflict(idx, term, stored_term, entry)
+            else:
+                self._store.append(entry)
+                self._stored_last = idx
+                self._dirty = True
+                self.counters["appended"] += 1
+            self._tail = min(max(self._tail, idx), self._stored_last)
+            self._remember((command, idx, term))
+
+    def _conflict(self, idx: int, term: int, stored_term: int, entry: LogEntry) -> None:
+        """A real term conflict at ``idx``: cut the store there, unless committed."""
+        if idx <= self._commit:
+            self.counters["refused_truncations"] += 1
+            error = TruncationRefusedError(
+                idx,
+                self._commit,
+                f"an entry of term {term} would replace the committed one of term {stored_term}",
+            )
+            self.failure = error
+            logger.critical("%s", error)
+            raise error
+        self._store.write_at(idx, entry)
+        self._stored_last = idx
+        self._dirty = True
+        self._forget_from(idx)
+        self.counters["truncations"] += 1
+        if self.on_truncate is not None:
+            self.on_truncate(idx)
+
+    def clear(self) -> None:
+        raise ClusterError(
+            "pysyncobj asked to clear the journal (a snapshot install): snapshots are "
+            "switched off in the segstore host; members catch up by log replay"
+        )
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        with self._lock:
+            self._check_ok()
+            index = self._start + entryFrom
+            # Nothing is removed: the visible end goes back (never below the commit
+            # index, whose entries no leader can replace) and ``add`` compares.
+            self._tail = min(self._tail, max(index - 1, min(self._commit, self._stored_last)))
+            self.counters["deferred_deletes"] += 1
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        raise ClusterError(
+            "pysyncobj asked to compact the journal: its compaction keeps two entries "
+            "and is switched off in the segstore host"
+        )
+
+    def __getitem__(self, item: Any) -> Any:
+        count = self._tail - self._start + 1
+        if isinstance(item, slice):
+            start, stop, step = item.indices(count)
+            if step != 1:
+                raise ClusterError("pysyncobj sliced the journal with a step")
+            return _EntrySlice(self, self._start + start, self._start + stop)
+        if item < 0:
+            item += count
+        if not 0 <= item < count:
+            raise IndexError(f"journal position {item} outside [0, {count})")
+        return self.entry(self._start + item)
+
+    def __len__(self) -> int:
+        return self._tail - self._start + 1
+
+    def _destroy(self) -> None:
+        pass  # the host closes the store once the tick thread is gone
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        with self._lock:
+            if raftCommitIndex > self._commit:
+                self._commit = min(raftCommitIndex, self._stored_last)
+
+    def getRaftCommitIndex(self) -> int:
+        return max(1, min(self._commit, self._stored_last))
+
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
+        # Durable (fsync) before pysyncobj sends anything that depends on it.
+        self._state.save_vote(term, votedForNodeId)
+
+    def getCurrentTerm(self) -> int:
+        return self._state.vote()[0]
+
+    def getVotedForNodeId(self) -> str | None:
+        return self._state.vote()[1]
+
+    def onOneSecondTimer(self) -> None:
+        pass  # the host saves the commit index after its flush
+
+
+# -- the transport -------------------------------------------------------------------
+
+
+class GroupCommitTransport(TCPTransport):  # type: ignore[misc]
+    """pysyncobj's TCP transport, holding messages back while appends are not durable."""
+
+    def __init__(
+        self,
+        syncObj: Any,
+        selfNode: Any,
+        otherNodes: Any,
+        *,
+        journal: StoreJournal,
+    ) -> None:
+        self._journal = journal
+        self._outbox: list[tuple[Any, Any]] = []
+        self.held_messages = 0
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def send(self, node: Any, message: Any) -> bool:
+        if self._outbox or self._journal.dirty:
+            self._outbox.append((node, message))
+            self.held_messages += 1
+            return True
+        return bool(super().send(node, message))
+
+    def flush_and_send(self) -> None:
+        """The group commit: one flush, then every held message in order."""
+        self._journal.flush()
+        outbox, self._outbox = self._outbox, []
+        for node, message in outbox:
+            super().send(node, message)
+
+
+# -- the engine ----------------------------------------------------------------------
+
+
+class _SegstoreSyncObj(SyncObj):  # type: ignore[misc]
+    """pysyncobj's SyncObj with one replicated method: append one app_log value."""
+
+    @replicated  # type: ignore[untyped-decorator]
+    def segstore_entry(self, value: bytes) -> None:
+        # Applies go through the SegmentedStateMachine, driven by the host's tick.
+        return None
+
+
+_FAIL_NAMES: Final = {
+    value: name for name, value in vars(FAIL_REASON).items() if not name.startswith("_")
+}
+
+
+class PysyncobjHost(RaftHost):
+    """One Raft member: pysyncobj over a :class:`StoreJournal` and a
+    :class:`GroupCommitTransport`, feeding a :class:`SegmentedStateMachine`."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        peers: Sequence[str],
+        store: SegmentedLogStore,
+        state_machine: SegmentedStateMachine,
+        state_mgr: FileStateMgr,
+        password: str | None = None,
+        tick_period_s: float = 0.005,
+        append_period_s: float = 0.01,
+        election_timeout_s: tuple[float, float] = (1.0, 2.5),
+        append_batch_bytes: int = 1 << 18,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        if endpoint in peers:
+            raise InvalidArgumentError(f"endpoint {endpoint!r} is also named as a peer")
+        self.endpoint = endpoint
+        self._peers = tuple(peers)
+        self._store = store
+        self._sm = state_machine
+        self.journal = StoreJournal(store, state_mgr)
+        self._handed = state_machine.last_commit_index()
+        self._password = password
+        self._tick_period_s = tick_period_s
+        self._append_period_s = append_period_s
+        self._election_timeout_s = election_timeout_s
+        self._append_batch_bytes = append_batch_bytes
+        self._on_tick_hook = on_tick
+        self._syncobj: Any = None
+        self._transport: GroupCommitTransport | None = None
+        self._status = HostStatus(endpoint=endpoint)
+        self._status_at = 0.0
+        self._failed: str | None = None
+        self._closed = False
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        token = f"{_JOURNAL_PREFIX}{id(self)}:{time.monotonic_ns()}"
+        with _pending_lock:
+            _pending_journals[token] = self.journal
+        low, high = self._election_timeout_s
+        conf = SyncObjConf(
+            journalFile=token,
+            password=self._password,
+            autoTick=True,
+            autoTickPeriod=self._tick_period_s,
+            appendEntriesPeriod=self._append_period_s,
+            appendEntriesUseBatch=True,
+            appendEntriesBatchSizeBytes=self._append_batch_bytes,
+            raftMinTimeout=low,
+            raftMaxTimeout=high,
+            connectionTimeout=max(3.5, high),
+            connectionRetryTime=0.5,
+            leaderFallbackTimeout=max(5.0, 2 * high),
+            dynamicMembershipChange=True,
+            # Compaction pickles the whole SyncObj and keeps two entries: off.
+            logCompactionMinEntries=2**62,
+            logCompactionMinTime=1e12,
+            useFork=False,
+        )
+        transport_class = functools.partial(GroupCommitTransport, journal=self.journal)
+        try:
+            self._syncobj = _SegstoreSyncObj(
+                self.endpoint, list(self._peers), conf=conf, transportClass=transport_class
+            )
+        finally:
+            with _pending_lock:
+                _pending_journals.pop(token, None)
+        self._transport = self._syncobj._SyncObj__transport
+        self._syncobj.addOnTickCallback(self._on_tick)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._syncobj is not None:
+            self._syncobj.destroy()
+            thread = self._syncobj._SyncObj__thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
+        if self.journal.failure is None and self._failed is None:
+            self.journal.flush()
+            self._hand_committed()
+            self.journal.save_commit_index(force=True)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def submit(self, value: bytes, on_failed: FailedCallback) -> None:
+        if self._failed is not None or self._syncobj is None:
+            on_failed(self._failed or "not started")
+            return
+
+        def done(_result: object, error: int) -> None:
+            if error != FAIL_REASON.SUCCESS:
+                on_failed(_FAIL_NAMES.get(error, str(error)))
+
+        self._syncobj.segstore_entry(value, callback=done)
+
+    def add_member(self, endpoint: str, done: DoneCallback) -> None:
+        self._change(self._syncobj.addNodeToCluster, endpoint, done)
+
+    def remove_member(self, endpoint: str, done: DoneCallback) -> None:
+        self._change(self._syncobj.removeNodeFromCluster, endpoint, done)
+
+    def _change(self, method: Callable[..., None], endpoint: str, done: DoneCallback) -> None:
+        if self._failed is not None or self._syncobj is None:
+            done(False, self._failed or "not started")
+            return
+
+        def callback(_result: object, error: int) -> None:
+            ok = error == FAIL_REASON.SUCCESS
+            done(ok, "" if ok else _FAIL_NAMES.get(error, str(error)))
+
+        method(endpoint, callback=callback)
+
+    def status(self) -> HostStatus:
+        return self._status
+
+    # -- the tick ----------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        """Runs on pysyncobj's tick thread after each tick's work, before its poll."""
+        if self._failed is not None:
+            return
+        try:
+            if self.journal.failure is not None:
+                raise self.journal.failure
+            transport = self._transport
+            if transport is not None:
+                transport.flush_and_send()
+            self._hand_committed()
+            self.journal.save_commit_index()
+            now = time.monotonic()
+            if now - self._status_at >= STATUS_INTERVAL_S:
+                self._status_at = now
+                self._status = self._snapshot_status()
+            if self._on_tick_hook is not None:
+                self._on_tick_hook()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _hand_committed(self) -> None:
+        """Hand newly committed, durable entries to the state machine (one batch)."""
+        target = min(self.journal.commit_index, self._store.last_durable_index())
+        if target > self._handed:
+            self._sm.commit_range(self._handed + 1, target + 1)
+            self._handed = target
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = f"{type(exc).__name__}: {exc}"
+        logger.critical("segstore host %s stops (fail-stop): %s", self.endpoint, self._failed)
+        self._status = self._snapshot_status()
+        if self._syncobj is not None:
+            self._syncobj.destroy()
+
+    def _snapshot_status(self) -> HostStatus:
+        syncobj = self._syncobj
+        if syncobj is None:
+            return HostStatus(endpoint=self.endpoint, failed=self._failed)
+        raw = syncobj.getStatus()
+        others = [node.id for node in syncobj.otherNodes]
+        leader = raw.get("leader")
+        counters = dict(self.journal.counters)
+        if self._transport is not None:
+            counters["held_messages"] = self._transport.held_messages
+        return HostStatus(
+            endpoint=self.endpoint,
+            leader=None if leader is None else str(leader.id),
+            is_leader=leader is not None and leader.id == self.endpoint,
+            term=int(raw["raft_term"]),
+            commit_index=self.journal.commit_index,
+            last_index=self.journal.last_index,
+            durable_index=self._store.last_durable_index(),
+            applied_handed_index=self._handed,
+            members=tuple(sorted([self.endpoint, *others])),
+            match_indices={node: int(raw.get("match_idx_server_" + node, 0)) for node in others},
+            connected={node: raw.get("partner_node_status_server_" + node) == 2 for node in others},
+            failed=self._failed or (None if self.journal.failure is None else "journal"),
+            counters=counters,
+        )
+
+
+__all__ = [
+    "PYSYNCOBJ_VERSION",
+    "GroupCommitTransport",
+    "PysyncobjHost",
+    "StoreJournal",
+]
