@@ -606,3 +606,30 @@ def test_wait_applied_and_last_commit_index_follow_the_slowest_partition(
         gate.set()
     assert applier.wait_applied(5, WAIT)
     assert applier.last_commit_index() == 5
+
+
+def test_checkpoint_does_not_wait_for_an_apply_in_flight(opened: Opened) -> None:
+    # A slow partition must not stall checkpoints of the others (the pipeline's driver
+    # checkpoints, so a checkpoint that waits for a blocked apply stops every
+    # partition): partition 0 is stuck in its second apply; a checkpoint covers
+    # partition 1 and keeps partition 0 at what it had applied before.
+    gate = threading.Event()
+    machines = [Gated(gate, {2}), KeyValueStateMachine()]
+    applier = opened.applier(2, lambda pid: machines[pid])
+    feed = Feed()
+    try:
+        applier.submit(*feed.make([0, 1, 0, 1, 1]))  # partition 0 blocks at raft 3
+        assert machines[0].entered.wait(WAIT)
+        wait_until(lambda: applier.status(1).applied_index == 3, "partition 1")
+        floors: list[int] = []
+        thread = threading.Thread(target=lambda: floors.append(applier.checkpoint()))
+        thread.start()
+        thread.join(10.0)
+        assert not thread.is_alive(), "checkpoint() waits for partition 0's blocked apply"
+        assert floors == [2]
+        assert applier.status(1).checkpointed_index == 3
+        assert applier.status(0).checkpointed_index <= 1
+    finally:
+        gate.set()
+    idle(applier)
+    assert applier.checkpoint() == 5
