@@ -53,7 +53,7 @@ import asyncio
 import inspect
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -515,15 +515,27 @@ class Applier:
         caller holds on top of those handed in (appended but not yet committed)."""
         part = self._part(partition_id)
         with self._lock:
-            if part.error is not None:
-                raise part.error
-            pending = part.next_index - 1 - part.applied_index + extra
-            first = part.first_unapplied_raft()
-            lag = self._commit_index - first + 1 if first is not None else 0
+            self._check_capacity_locked(part, part.next_index - 1 + extra)
+
+    def check_capacity_many(self, appended_through: Mapping[int, int]) -> None:
+        """:meth:`check_capacity` for several partitions under one lock:
+        ``appended_through[pid]`` is the highest partition index the caller has
+        appended or is about to append for ``pid``."""
+        parts = [(self._part(pid), through) for pid, through in appended_through.items()]
+        with self._lock:
+            for part, through in parts:
+                self._check_capacity_locked(part, max(through, part.next_index - 1))
+
+    def _check_capacity_locked(self, part: _Partition, through: int) -> None:
+        if part.error is not None:
+            raise part.error
+        pending = through - part.applied_index
+        first = part.first_unapplied_raft()
+        lag = self._commit_index - first + 1 if first is not None else 0
         if pending > self.max_pending:
-            raise BackpressureError(partition_id, pending, lag, f"max_pending {self.max_pending}")
+            raise BackpressureError(part.pid, pending, lag, f"max_pending {self.max_pending}")
         if lag > self.max_lag:
-            raise BackpressureError(partition_id, pending, lag, f"max_lag {self.max_lag}")
+            raise BackpressureError(part.pid, pending, lag, f"max_lag {self.max_lag}")
 
     def resume(self, partition_id: int) -> None:
         """Clear a stopped partition's error and retry from the entry that failed."""
@@ -543,8 +555,8 @@ class Applier:
 
     def checkpoint(self) -> int:
         """Snapshot every partition that applied something since its last checkpoint
-        and store the snapshots and the new floor in one LMDB transaction; return the
-        floor (the durable ``last_commit_index``)."""
+        and is not in the middle of an apply, and store the snapshots and the new floor
+        in one LMDB transaction; return the floor (the durable ``last_commit_index``)."""
         with self._checkpoint_lock:
             return self._checkpoint_locked()
 
@@ -553,9 +565,16 @@ class Applier:
         for pid, part in enumerate(self._parts):
             if part.applied_index == part.checkpointed_index:
                 continue
-            with part.apply_lock:  # between two applies: the state is exactly applied_index
+            # Between two applies the state is exactly applied_index. A partition in
+            # the middle of an apply keeps its older checkpoint this time: waiting for
+            # a slow apply would stall every other partition's checkpoint with it.
+            if not part.apply_lock.acquire(blocking=False):
+                continue
+            try:
                 index, raft = part.applied_index, part.applied_raft
                 updates[pid] = AppliedCheckpoint(index, raft, part.sm.snapshot())
+            finally:
+                part.apply_lock.release()
         with self._lock:
             floor = self._commit_index
             for pid, part in enumerate(self._parts):

@@ -43,6 +43,9 @@ from segstore.watermarks import Watermarks, combine
 DRIVE_BATCH_MAX: Final = 1 << 16
 """Records the driver reads from the log per step."""
 
+DRIVE_INTERVAL_S: Final = 0.003
+"""The driver waits this long after a durable advance before a step (batching)."""
+
 CHECKPOINT_INTERVAL_S: Final = 0.5
 """Default time between applied checkpoints (and compactions)."""
 
@@ -146,6 +149,7 @@ class Pipeline:
         self._driver_error: BaseException | None = None
         self._wakeup = threading.Event()
         self._stopping = False
+        self._stop = threading.Event()  # cuts the driver's batching wait short at close
         self.store.set_notify_log_append_completion(self._on_durable)
         self.store.add_retention(self.applier.required_raft_index)
         self.store.add_retention(self._quorum_required)
@@ -176,10 +180,10 @@ class Pipeline:
             counts[pid] = counts.get(pid, 0) + 1
         with self._lock:
             self._check_open()
-            for pid, count in counts.items():
-                handed = self.applier.status(pid)
-                held = self._appended.get(pid, 0) - handed.applied_index - handed.pending
-                self.applier.check_capacity(pid, extra=held + count)
+            appended = self._appended
+            self.applier.check_capacity_many(
+                {pid: appended.get(pid, 0) + count for pid, count in counts.items()}
+            )
             store = self.store
             start = store.next_slot()
             term = 1
@@ -283,6 +287,10 @@ class Pipeline:
         try:
             while not self._stopping:
                 self._wakeup.wait(self._checkpoint_interval_s)
+                # Let group commits pile up: per step the ack tracker and the applier
+                # cost a little per partition, whatever the number of records.
+                if self._stop.wait(DRIVE_INTERVAL_S):
+                    break
                 self._wakeup.clear()
                 self._step()
                 now = time.monotonic()
@@ -345,6 +353,7 @@ class Pipeline:
         if self._closed:
             return
         self._stopping = True
+        self._stop.set()
         self._wakeup.set()
         self._driver.join()
         try:
@@ -374,4 +383,4 @@ class Pipeline:
         self.close()
 
 
-__all__ = ["CHECKPOINT_INTERVAL_S", "DRIVE_BATCH_MAX", "Pipeline"]
+__all__ = ["CHECKPOINT_INTERVAL_S", "DRIVE_BATCH_MAX", "DRIVE_INTERVAL_S", "Pipeline"]

@@ -51,6 +51,8 @@ class Router:
         # Partitions whose checkpoint a rollback lowered: PartitionLogs.sync_all reports
         # only changes since its last report, which may have come back to the same value.
         self._recheck: set[int] = set()
+        self._required: tuple[int, dict[int, int]] = (1, {})
+        self._publish_required()
 
     def _check_partitions_exist(self, partitions: PartitionLogs, path: str) -> None:
         """A checkpoint that claims records of a partition whose log is gone is corruption
@@ -87,17 +89,27 @@ class Router:
 
     def required_raft_indices(self) -> tuple[int, dict[int, int]]:
         """``required_raft_index`` and, for each partition with routed records not
-        yet checkpointed, the raft index after its checkpoint."""
-        with self._lock:
-            required = self._routed + 1
-            by_partition: dict[int, int] = {}
-            for pid, last_raft in self._last_raft.items():
-                checkpoint = self._checkpoint_of.get(pid)
-                checkpointed_raft = checkpoint.durable_raft_index if checkpoint else 0
-                if last_raft > checkpointed_raft:
-                    by_partition[pid] = checkpointed_raft + 1
-                    required = min(required, checkpointed_raft + 1)
-            return required, by_partition
+        yet checkpointed, the raft index after its checkpoint.
+
+        Read without the lock: routing holds it while it syncs partition logs, and
+        watermark readers must not wait for that. The value is the one published at
+        the end of the last route, checkpoint or rollback. Physical truncation reads
+        it under ``paused()``, so it always acts on a settled value; a reader without
+        the lock may see the value from before a route in progress."""
+        required, by_partition = self._required
+        return required, dict(by_partition)
+
+    def _publish_required(self) -> None:
+        """Recompute what ``required_raft_indices`` returns (lock held)."""
+        required = self._routed + 1
+        by_partition: dict[int, int] = {}
+        for pid, last_raft in self._last_raft.items():
+            checkpoint = self._checkpoint_of.get(pid)
+            checkpointed_raft = checkpoint.durable_raft_index if checkpoint else 0
+            if last_raft > checkpointed_raft:
+                by_partition[pid] = checkpointed_raft + 1
+                required = min(required, checkpointed_raft + 1)
+        self._required = (required, by_partition)
 
     def next_indices_through(self, raft_index: int) -> dict[int, int]:
         """Partition next indices once everything up to ``raft_index`` is routed.
@@ -149,6 +161,7 @@ class Router:
                     if pid != NO_PARTITION:
                         self._append(pid, low, positions, headers, values)
             self._routed = upto
+            self._publish_required()
             return upto - low + 1
 
     def _append(
@@ -248,6 +261,7 @@ class Router:
             self._checkpoints.write(updates, routed_raft_index=self._routed)
             self._checkpoint_of.update(updates)
             self._checkpointed_routed = self._routed
+            self._publish_required()
 
     # -- rollback --------------------------------------------------------------------
 
@@ -289,6 +303,7 @@ class Router:
                     self._last_raft[pid] = plog.last_raft_index if plog.next_index > 1 else 0
             self._recheck.update(lowered)
             self._routed = routed
+            self._publish_required()
 
 
 __all__ = ["Router"]

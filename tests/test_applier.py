@@ -626,9 +626,11 @@ def test_checkpoint_does_not_wait_for_an_apply_in_flight(opened: Opened) -> None
         thread.start()
         thread.join(10.0)
         assert not thread.is_alive(), "checkpoint() waits for partition 0's blocked apply"
-        assert floors == [2]
+        # Partition 0 cannot be snapshotted mid-apply, so it keeps its older checkpoint
+        # (0 here) and the floor stops just below its first uncovered entry (raft 1).
+        assert applier.status(0).checkpointed_index == 0
+        assert floors == [0]
         assert applier.status(1).checkpointed_index == 3
-        assert applier.status(0).checkpointed_index <= 1
     finally:
         gate.set()
     idle(applier)

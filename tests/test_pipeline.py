@@ -454,8 +454,14 @@ def test_a_slow_partition_holds_the_watermark_even_against_raft_compaction(
         assert not checkpointer.is_alive(), "Applier.checkpoint waits for the slow apply"
         assert pipeline.store.compact(last - 1)
         marks = pipeline.watermarks()
-        assert marks.required_raft_index == held and marks.holders == (3,)
-        assert pipeline.store.first_retained_index() <= held
+        # Partition 3 is snapshotted only between applies, so its checkpoint may be
+        # older than the 29 entries it applied: it needs the log from its first entry
+        # its checkpoint does not cover, which is at or before the stuck one.
+        covered = pipeline.status(3).checkpointed_index
+        assert covered <= 29
+        assert marks.required_raft_index == load.rafts[3][covered] <= held
+        assert marks.holders == (3,)
+        assert pipeline.store.first_retained_index() <= marks.required_raft_index
         assert_retained_intact(pipeline, load, held, "with partition 3 slow")
     finally:
         gate.set()
