@@ -160,8 +160,8 @@ class TruncationRefusedError(ClusterError):
 
 class SubmitError(ClusterError):
     """A submission was not confirmed applied: the node failed, closed, or the
-    submission timed out. Retrying it with the same request id is safe (a request
-    applies at most once)."""
+    submission timed out. Its outcome is unknown, but its request id makes sure it
+    is applied at most once; submitting the payload again makes a new request."""
 
 
 __all__ += ["ClusterError", "InsecureBindError", "SubmitError", "TruncationRefusedError"]
