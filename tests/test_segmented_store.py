@@ -657,6 +657,123 @@ def test_parallel_mode_notifies_when_durable_advances(tmp_path: Path) -> None:
         assert_partitions_match(again, history)
 
 
+class _HeldFlushes:
+    """A parallel store whose flushes wait at a gate, and whose log writes are recorded
+    as (thread name, record count)."""
+
+    def __init__(self, store: SegmentedLogStore) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.in_flush = threading.Event()
+        self.writes: list[tuple[str, int]] = []
+        commit = store._log._commit
+        real_flush, real_append_batch = commit._flush, store._log.append_batch
+
+        def flush() -> int:
+            self.in_flush.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+            return real_flush()
+
+        def append_batch(payloads: list[bytes], headers: object = None) -> int:
+            self.writes.append((threading.current_thread().name, len(payloads)))
+            return real_append_batch(payloads, headers)
+
+        commit._flush = flush  # type: ignore[method-assign]
+        store._log.append_batch = append_batch  # type: ignore[method-assign]
+
+    def wait_durable(self, index: int) -> None:
+        deadline = time.monotonic() + 30
+        while self.store.last_durable_index() < index:
+            assert time.monotonic() < deadline, f"index {index} never became durable"
+            time.sleep(0.001)
+
+
+def _defer_three_batches(store: SegmentedLogStore, held: _HeldFlushes, history: History) -> None:
+    """One batch written at once (no flush in flight), then three ended while its flush
+    is held: they stay buffered, and reads see them."""
+    fill(store, history, 10)
+    store.end_of_append_batch(1, 10)
+    assert held.writes == [("MainThread", 10)]
+    assert held.in_flush.wait(30)  # the flusher is inside the flush of 1..10
+    for batch in range(3):
+        first = store.next_slot()
+        fill(store, history, 7, seed=10 + 7 * batch)
+        store.end_of_append_batch(first, 7)
+    assert held.writes == [("MainThread", 10)]
+    assert store._log.last_index == 10 and store.next_slot() == 32
+    assert store.log_entries(1, 32) == [entry for _, entry in history]
+    assert store.entry_at(31) == history[-1][1]
+
+
+def test_parallel_mode_writes_batches_ended_during_a_flush_together(tmp_path: Path) -> None:
+    """parallel=True: batches ended while a flush is in flight are written in one write
+    when it ends (by the flushing thread, from the durability callback), and reported
+    durable by the callback like any other."""
+    calls: list[bool] = []
+    history: History = []
+    store = open_store(tmp_path / "s", parallel=True, notify_log_append_completion=calls.append)
+    held = _HeldFlushes(store)
+    try:
+        _defer_three_batches(store, held, history)
+        held.gate.set()
+        held.wait_durable(31)
+        assert held.writes == [("MainThread", 10), ("segstore-flusher", 21)]
+        assert calls and all(calls)
+        assert store.log_entries(1, 32) == [entry for _, entry in history]
+        assert_partitions_match(store, history)
+    finally:
+        held.gate.set()
+        store.close()
+    with open_store(tmp_path / "s") as again:
+        assert_log_is(again, history, 1)
+        assert_partitions_match(again, history)
+
+
+def test_parallel_mode_deferred_write_waits_for_a_busy_store_lock(tmp_path: Path) -> None:
+    """When the flush ends while another thread holds the store lock (it may be waiting
+    for that very flush), the callback does not wait: the deferred batches are written
+    by the store's writer thread once the lock is free, then made durable."""
+    history: History = []
+    store = open_store(tmp_path / "s", parallel=True)
+    held = _HeldFlushes(store)
+    try:
+        _defer_three_batches(store, held, history)
+        with store._lock:
+            held.gate.set()
+            held.wait_durable(10)  # the flush of 1..10 ended, its callback ran
+            assert held.writes == [("MainThread", 10)]
+            assert store._log.last_index == 10
+        held.wait_durable(31)
+        assert held.writes == [("MainThread", 10), ("segstore-writer", 21)]
+        assert_partitions_match(store, history)
+    finally:
+        held.gate.set()
+        store.close()
+
+
+def test_parallel_mode_write_at_into_deferred_batches(tmp_path: Path) -> None:
+    """write_at into deferred, still-buffered batches replaces them; what is written
+    when the flush ends is the log after the write_at, nothing more."""
+    history: History = []
+    store = open_store(tmp_path / "s", parallel=True)
+    held = _HeldFlushes(store)
+    try:
+        _defer_three_batches(store, held, history)
+        write_at(store, history, 20, app(5, b"replaced", term=2))
+        store.end_of_append_batch(20, 1)
+        held.gate.set()
+        held.wait_durable(20)
+        assert [count for _, count in held.writes] == [10, 10]
+        assert store.next_slot() == 21
+        assert store.log_entries(1, 21) == [entry for _, entry in history]
+        assert_partitions_match(store, history)
+    finally:
+        held.gate.set()
+        store.close()
+    with open_store(tmp_path / "s") as again:
+        assert_log_is(again, history, 1)
+
+
 # -- restarts and bad input ---------------------------------------------------------------
 
 

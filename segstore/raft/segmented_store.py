@@ -219,8 +219,19 @@ class SegmentedLogStore(LogStore):
         self._failure: BaseException | None = None
         self._stopping = False
         self._stop = threading.Event()  # wakes the router out of its batching wait
+        # Parallel mode: a batch ended while a flush is in flight stays buffered and is
+        # written when that flush ends (by _on_durable, or this thread when the lock is
+        # busy then), so one write and one fdatasync cover every batch ended meanwhile.
+        self._write_deferred = False
+        self._write_wakeup = threading.Event()
+        self._writer_thread: threading.Thread | None = None
         self._closed = False
         self._log.on_durable(self._on_durable)
+        if parallel:
+            self._writer_thread = threading.Thread(
+                target=self._deferred_write_loop, name="segstore-writer", daemon=True
+            )
+            self._writer_thread.start()
         self._router_thread = threading.Thread(
             target=self._route_loop, name="segstore-router", daemon=True
         )
@@ -244,7 +255,10 @@ class SegmentedLogStore(LogStore):
             self._stopping = True
             self._stop.set()
             self._route_wakeup.set()
+            self._write_wakeup.set()
             self._router_thread.join()
+            if self._writer_thread is not None:
+                self._writer_thread.join()
             self._close_parts()
 
     def _close_parts(self) -> None:
@@ -396,14 +410,45 @@ class SegmentedLogStore(LogStore):
         self._rows.truncate(0)
 
     def end_of_append_batch(self, start: int, count: int) -> None:
-        """The group-commit point: write the batch; wait for it unless parallel."""
+        """The group-commit point: write the batch; wait for it unless parallel.
+
+        In parallel mode, while a flush is in flight the batch stays buffered (reads see
+        it) and is written as soon as that flush ends, together with every batch ended
+        meanwhile; ``notify_log_append_completion`` reports it durable as before.
+        """
         check_index("start", start)
         check_index("count", count)
         with self._lock:
             self._check_writable()
-            self._write_pending()
+            if self._parallel and self._log.durable_index < self._log.last_index:
+                self._write_deferred = bool(self._pending)
+            else:
+                self._write_pending()
         if not self._parallel:
             self._log.sync()
+
+    def _write_deferred_batches(self, *, blocking: bool) -> bool:
+        """Write what end_of_append_batch left buffered; False if the lock was busy."""
+        if not self._lock.acquire(blocking):
+            return False
+        try:
+            if self._write_deferred and not self._closed and self._failure is None:
+                self._write_deferred = False
+                self._write_pending()
+        except Exception as exc:
+            # A failed write failed the log stop (its callbacks reported ok=False);
+            # the appending thread sees the failure on its next call.
+            self._failure = self._failure or exc
+        finally:
+            self._lock.release()
+        return True
+
+    def _deferred_write_loop(self) -> None:
+        while not self._stopping:
+            self._write_wakeup.wait()
+            self._write_wakeup.clear()
+            if not self._stopping:
+                self._write_deferred_batches(blocking=True)
 
     def write_at(self, index: int, entry: LogEntry) -> None:
         """Replace entry ``index`` and truncate everything after it (invariant 3)."""
@@ -715,6 +760,11 @@ class SegmentedLogStore(LogStore):
         if notify is not None:
             notify(not isinstance(event, BaseException))
         if not isinstance(event, BaseException):
+            # A flush ended: write the batches deferred meanwhile (this runs on the
+            # flushing thread, which may not wait for the store lock: whoever holds it
+            # may be waiting for this flush, so a busy lock hands the write over).
+            if self._write_deferred and not self._write_deferred_batches(blocking=False):
+                self._write_wakeup.set()
             self._route_wakeup.set()
 
     # -- partitions --------------------------------------------------------------------
