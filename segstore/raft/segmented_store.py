@@ -497,8 +497,11 @@ class SegmentedLogStore(LogStore):
         """The entry at ``index``; None below start_index or past the tail."""
         if type(index) is not int or not 0 <= index <= U64_MAX:
             check_index("index", index)
-        with self._lock:
-            self._check_open()
+        lock = self._lock  # acquire/release: cheaper than ``with`` on this hot path
+        lock.acquire()
+        try:
+            if self._closed:
+                self._check_open()
             if index < self._start_index:
                 return None
             aof_last = self._log.last_index
@@ -506,6 +509,8 @@ class SegmentedLogStore(LogStore):
                 position = index - aof_last - 1
                 return self._pending[position] if position < len(self._pending) else None
             return self._read_entry(index)
+        finally:
+            lock.release()
 
     def _read_entry(self, index: int) -> LogEntry:
         header, value = self._log.read_record(index)
