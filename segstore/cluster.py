@@ -74,6 +74,10 @@ REQUEST_HEADER: Final = struct.Struct("<4s16sQQ")
 STORE_DIR: Final = "store"
 STATE_FILE: Final = "raft_state.json"
 MAINTENANCE_INTERVAL_S: Final = 0.02
+"""How often the maintenance thread retries due submissions."""
+QUORUM_INTERVAL_S: Final = 0.1
+"""How often committed entries are landed in the AckTracker and acks fed (each pass
+costs a numpy search per partition: not per tick)."""
 LAND_BATCH_MAX: Final = 1 << 14
 
 
@@ -561,13 +565,15 @@ class Node:
     # -- maintenance -------------------------------------------------------------------
 
     def _maintain(self) -> None:
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_quorum = time.monotonic()
         while not self._stopping.wait(MAINTENANCE_INTERVAL_S):
             try:
                 self._retry_due()
-                self._follow_members()
-                self._land_and_ack()
                 now = time.monotonic()
+                if now - last_quorum >= QUORUM_INTERVAL_S:
+                    last_quorum = now
+                    self._follow_members()
+                    self._land_and_ack()
                 if now - last_checkpoint >= self._checkpoint_interval_s:
                     last_checkpoint = now
                     if self._sm is not None:
@@ -757,7 +763,7 @@ def serve_control(node: Node, stdin: IO[str], stdout: IO[str]) -> None:
             if op == "status":
                 reply({"ok": True, "status": node.status()})
             elif op == "wait_leader":
-                deadline = time.monotonic() + float(cmd.get("timeout", 30))
+                deadline = time.monotonic() + float(cmd.get("timeout_s", 30))
                 while time.monotonic() < deadline:
                     status = node.status()
                     if status["leader"] is not None and status["commit_index"] > 0:
@@ -766,17 +772,17 @@ def serve_control(node: Node, stdin: IO[str], stdout: IO[str]) -> None:
                 reply({"ok": True, "status": node.status()})
             elif op == "submit":
                 future = node.submit(int(cmd["partition"]), str(cmd["payload"]).encode())
-                reply({"ok": True, "result": future.result(float(cmd.get("timeout", 30)))})
+                reply({"ok": True, "result": future.result(float(cmd.get("timeout_s", 30)))})
             elif op == "load":
                 load = _Load(node, cmd)
                 reply({"ok": True})
             elif op == "load_wait":
                 if load is None:
                     raise ClusterError("no load was started")
-                load.done.wait(float(cmd.get("timeout", 60)))
+                load.done.wait(float(cmd.get("timeout_s", 60)))
                 reply({"ok": True, "load": load.report()})
             elif op == "digest":
-                node.wait_idle(float(cmd.get("timeout", 30)))
+                node.wait_idle(float(cmd.get("timeout_s", 30)))
                 status = node.status()
                 digests = {}
                 for pid in range(node.partitions):
@@ -788,7 +794,7 @@ def serve_control(node: Node, stdin: IO[str], stdout: IO[str]) -> None:
                     )
                 reply({"ok": True, "digests": digests, "status": status})
             elif op == "payloads":
-                node.wait_idle(float(cmd.get("timeout", 30)))
+                node.wait_idle(float(cmd.get("timeout_s", 30)))
                 payloads = {}
                 for pid in range(node.partitions):
                     sm = node.state_machine(pid)
@@ -796,10 +802,10 @@ def serve_control(node: Node, stdin: IO[str], stdout: IO[str]) -> None:
                         payloads[pid] = [p.decode().rstrip(".") for p in sm.payloads]
                 reply({"ok": True, "payloads": payloads})
             elif op == "add_member":
-                node.add_member(str(cmd["address"]), float(cmd.get("timeout", 30)))
+                node.add_member(str(cmd["address"]), float(cmd.get("timeout_s", 30)))
                 reply({"ok": True})
             elif op == "remove_member":
-                node.remove_member(str(cmd["address"]), float(cmd.get("timeout", 30)))
+                node.remove_member(str(cmd["address"]), float(cmd.get("timeout_s", 30)))
                 reply({"ok": True})
             elif op == "close":
                 node.close()

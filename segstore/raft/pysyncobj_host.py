@@ -44,6 +44,7 @@ received many append requests in one poll pays one fsync for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import pickle
@@ -57,6 +58,7 @@ import pysyncobj.syncobj as _syncobj_module  # type: ignore[import-untyped]
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON  # type: ignore[import-untyped]
 from pysyncobj.journal import Journal  # type: ignore[import-untyped]
+from pysyncobj.pipe_notifier import PipeNotifier  # type: ignore[import-untyped]
 from pysyncobj.transport import TCPTransport  # type: ignore[import-untyped]
 
 from segstore.errors import ClusterError, InvalidArgumentError, TruncationRefusedError
@@ -118,6 +120,15 @@ def _create_journal(journal_file: str | None = None) -> Any:
 
 
 _syncobj_module.createJournal = _create_journal
+
+
+def register_journal(journal: StoreJournal) -> str:
+    """The ``journalFile`` name under which pysyncobj's next ``createJournal`` call
+    gets ``journal`` (pass it as ``SyncObjConf(journalFile=...)``)."""
+    token = f"{_JOURNAL_PREFIX}{id(journal)}:{time.monotonic_ns()}"
+    with _pending_lock:
+        _pending_journals[token] = journal
+    return token
 
 
 # -- entries -------------------------------------------------------------------------
@@ -509,13 +520,13 @@ class PysyncobjHost(RaftHost):
         self._status_at = 0.0
         self._failed: str | None = None
         self._closed = False
+        self._notifier: Any = None
+        self._appended_sent = 0
 
     # -- lifetime ----------------------------------------------------------------------
 
     def start(self) -> None:
-        token = f"{_JOURNAL_PREFIX}{id(self)}:{time.monotonic_ns()}"
-        with _pending_lock:
-            _pending_journals[token] = self.journal
+        token = register_journal(self.journal)
         low, high = self._election_timeout_s
         conf = SyncObjConf(
             journalFile=token,
@@ -573,6 +584,11 @@ class PysyncobjHost(RaftHost):
                 on_failed(_FAIL_NAMES.get(error, str(error)))
 
         self._syncobj.segstore_entry(value, callback=done)
+        notifier = self._notifier
+        if notifier is not None:
+            # Wake the tick thread out of its poll (a full pipe: it is awake anyway).
+            with contextlib.suppress(BlockingIOError):
+                notifier.notify()
 
     def add_member(self, endpoint: str, done: DoneCallback) -> None:
         self._change(self._syncobj.addNodeToCluster, endpoint, done)
@@ -603,9 +619,18 @@ class PysyncobjHost(RaftHost):
         try:
             if self.journal.failure is not None:
                 raise self.journal.failure
+            if self._notifier is None:
+                self._notifier = PipeNotifier(self._syncobj._poller)
             transport = self._transport
             if transport is not None:
                 transport.flush_and_send()
+            appended = self.journal.counters["appended"]
+            if appended != self._appended_sent and self._syncobj._isLeader():
+                # The entries this tick appended are durable now: send them in this
+                # tick rather than after the next poll (pysyncobj's private method,
+                # on its own thread, as its tick would call it).
+                self._appended_sent = appended
+                self._syncobj._SyncObj__sendAppendEntries()
             self._hand_committed()
             self.journal.save_commit_index()
             now = time.monotonic()
@@ -663,4 +688,5 @@ __all__ = [
     "GroupCommitTransport",
     "PysyncobjHost",
     "StoreJournal",
+    "register_journal",
 ]
