@@ -544,6 +544,39 @@ def test_compact_moves_start_at_once_and_partitions_keep_records(tmp_path: Path)
             assert_partitions_match(again, history)
 
 
+def test_compact_at_the_tail_keeps_what_retention_holds_need(tmp_path: Path) -> None:
+    """compact(L) with L the last index (a snapshot at the last entry) moves start and
+    keeps next_slot, and, like any compact, keeps the records a retention hold still
+    needs (invariant 6); it used to empty the log as if L were past the tail."""
+    history: History = []
+    with open_store(tmp_path / "s", segment_bytes=4096) as store:
+        fill(store, history, 200)
+        store.flush()
+        store.sync_partitions()
+        store.add_retention(lambda: 40)
+        assert store.compact(200) is True
+        assert store.start_index() == 201
+        assert store.next_slot() == 201
+        assert store.entry_at(200) is None and store.log_entries(200, 201) is None
+        assert store.first_retained_index() <= 40
+        headers, values = store.read_records(40, 201)
+        assert values == [entry.value for _, entry in history if index_at_least(_, 40)]
+        assert len(headers) == 161
+        fill(store, history, 5, seed=200)
+        assert history[-5][0] == 201
+        store.flush()
+        assert_log_is(store, history, 201)
+        assert_partitions_match(store, history)
+        store.close()
+        with open_store(tmp_path / "s") as again:
+            assert again.start_index() == 201
+            assert_log_is(again, history, 201)
+
+
+def index_at_least(index: int, low: int) -> bool:
+    return index >= low
+
+
 def test_physical_truncation_keeps_what_partitions_need(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

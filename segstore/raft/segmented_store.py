@@ -7,8 +7,12 @@ Directory layout::
     <store>/checkpoints.lmdb/  partition progress, one LMDB transaction per checkpoint
 
 Write path: ``append`` validates the entry, assigns (or checks) its partition index and
-buffers it; ``end_of_append_batch`` writes the buffer with one ``Aof.append_batch`` and,
-unless the store is in parallel mode, waits for the group commit. Reads see the buffer.
+buffers it, in one compiled call (``LogRowBuffer.add``; anything unusual, refusals
+included, goes to the Python twin ``_row_of``, so a wrong explicit partition index is a
+PartitionError raised by that ``append``, with nothing changed). ``end_of_append_batch``
+writes the buffer with one ``Aof.append_batch`` and, unless the store is in parallel mode,
+waits for the group commit; in parallel mode a batch ended while a flush is in flight is
+written when that flush ends, with every other batch ended meanwhile. Reads see the buffer.
 A background router feeds durable records to the partition logs in large batches and
 checkpoints them; ``compact`` truncates the log physically only below what the
 partitions still need. See docs/ARCHITECTURE.md ("The segmented log store").
@@ -681,9 +685,11 @@ class SegmentedLogStore(LogStore):
     def _compact_locked(self, last_log_index: int) -> None:
         start = last_log_index + 1
         next_slot = self._log.last_index + len(self._pending) + 1
-        if start >= next_slot:
+        if start > next_slot:
             # Past the tail: the log restarts at L + 1, so first let the partitions
-            # take everything (nothing may be lost), then empty it.
+            # take everything (nothing may be lost), then empty it. (L at the tail
+            # needs no restart: the log keeps what the partitions and the retention
+            # holds still need, like any compact.)
             self._write_pending()
             self._log.sync()
             self.sync_partitions()
@@ -692,6 +698,11 @@ class SegmentedLogStore(LogStore):
                 self._log.truncate_before(start)
             self._start_index = start
             return
+        if start == next_slot:
+            # Nothing buffered may sit below start_index, and (as past the tail) the
+            # entries start_index passes are durable before it moves.
+            self._write_pending()
+            self._log.sync()
         self._log.set_user_meta({**self._log.user_meta, "start_index": start})
         self._start_index = start
         self._truncate_physically()
