@@ -6,7 +6,8 @@ C1  segstore: ``segstore node --control`` processes (pysyncobj over the segmente
     generator in the leader's process submits ``count`` 256-byte payloads over 64
     partitions with ``window`` in flight. Throughput is acknowledged submissions per
     second; latency is from ``submit`` to the future resolved with the apply result
-    on the submitting node.
+    on the submitting node. Then a light load (``count / 10`` submissions, 4 in
+    flight): latency without queueing behind the window.
 C2  leader failover: with C1's cluster idle, SIGKILL the leader; the time until the
     two survivors agree on a new leader and a submission through one of them is
     applied.
@@ -39,6 +40,8 @@ REPO_ROOT = PERF_DIR.parent
 
 PARTITIONS = 64
 PAYLOAD_BYTES = 256
+LIGHT_WINDOW = 4
+"""In-flight submissions of the light-load phase (latency without queueing)."""
 
 Metrics = dict[str, float]
 
@@ -245,6 +248,10 @@ def run_config(
         leader = leader_of(nodes)
         leader.call("submit", partition=0, payload="warmup", timeout_s=60)
         metrics = run_load(leader, count, window, "c1")
+        light = run_load(leader, max(count // 10, 100), LIGHT_WINDOW, "c1light")
+        metrics["light_throughput_per_s"] = light["throughput_per_s"]
+        metrics["light_p50_ms"] = light["p50_ms"]
+        metrics["light_p99_ms"] = light["p99_ms"]
         metrics["failover_s"] = failover_seconds(nodes)
         return metrics
     finally:

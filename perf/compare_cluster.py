@@ -38,7 +38,15 @@ if str(PERF_DIR) not in sys.path:
 
 import cluster_workloads as cw  # noqa: E402
 
-KEYS = ("throughput_per_s", "p50_ms", "p99_ms", "failover_s")
+KEYS = (
+    "throughput_per_s",
+    "p50_ms",
+    "p99_ms",
+    "light_throughput_per_s",
+    "light_p50_ms",
+    "light_p99_ms",
+    "failover_s",
+)
 
 
 def _median(values: list[float]) -> float | None:
@@ -49,7 +57,7 @@ def _median(values: list[float]) -> float | None:
 def _fmt(value: float | None, key: str) -> str:
     if value is None:
         return "-"
-    if key == "throughput_per_s":
+    if key.endswith("throughput_per_s"):
         return f"{value:,.0f}/s"
     if key == "failover_s":
         return f"{value:.2f} s"
@@ -109,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     file_tp = _median(samples["pysyncobj FileJournal (no fsync)"]["throughput_per_s"])
     lines = [
-        "| configuration | throughput | vs FileJournal | p50 | p99 | failover |",
-        "|---|---|---|---|---|---|",
+        "| configuration | throughput | vs FileJournal | p50 | p99 "
+        "| light: throughput | light: p50 | light: p99 | failover |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, *_ in configs:
         med = {k: _median(samples[name][k]) for k in KEYS}
@@ -119,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {name} | {_fmt(tp, 'throughput_per_s')} | {ratio} | "
             f"{_fmt(med['p50_ms'], 'p50_ms')} | {_fmt(med['p99_ms'], 'p99_ms')} | "
+            f"{_fmt(med['light_throughput_per_s'], 'light_throughput_per_s')} | "
+            f"{_fmt(med['light_p50_ms'], 'p50_ms')} | {_fmt(med['light_p99_ms'], 'p99_ms')} | "
             f"{_fmt(med['failover_s'], 'failover_s')} |"
         )
     env = [
         "",
         f"{args.repeat} repetitions, median; {args.count} submissions of "
         f"{cw.PAYLOAD_BYTES} bytes over {cw.PARTITIONS} partitions through the leader, "
-        f"window {args.window}; tick {args.tick_ms:g} ms. Python {platform.python_version()}, "
+        f"window {args.window}; light: {args.count // 10} with {cw.LIGHT_WINDOW} in flight; "
+        f"tick {args.tick_ms:g} ms. Python {platform.python_version()}, "
         f"{platform.machine()}, {platform.node()}.",
     ]
     report = "\n".join(lines + env) + "\n"

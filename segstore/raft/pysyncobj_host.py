@@ -522,6 +522,8 @@ class PysyncobjHost(RaftHost):
         self._closed = False
         self._notifier: Any = None
         self._appended_sent = 0
+        self._stop_saver = threading.Event()
+        self._saver: threading.Thread | None = None
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -557,11 +559,30 @@ class PysyncobjHost(RaftHost):
                 _pending_journals.pop(token, None)
         self._transport = self._syncobj._SyncObj__transport
         self._syncobj.addOnTickCallback(self._on_tick)
+        self._saver = threading.Thread(
+            target=self._save_commits, name="segstore-commit-saver", daemon=True
+        )
+        self._saver.start()
+
+    def _save_commits(self) -> None:
+        """Save the commit index off the tick thread (a file write with two fsyncs
+        takes longer than a tick); it is only pysyncobj's starting point on restart."""
+        while not self._stop_saver.wait(COMMIT_SAVE_INTERVAL_S):
+            if self._failed is not None or self.journal.failure is not None:
+                return
+            try:
+                self.journal.save_commit_index(force=True)
+            except Exception as exc:  # a failed save must not pass silently
+                self._fail(exc)
+                return
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stop_saver.set()
+        if self._saver is not None:
+            self._saver.join()
         if self._syncobj is not None:
             self._syncobj.destroy()
             thread = self._syncobj._SyncObj__thread
@@ -632,7 +653,6 @@ class PysyncobjHost(RaftHost):
                 self._appended_sent = appended
                 self._syncobj._SyncObj__sendAppendEntries()
             self._hand_committed()
-            self.journal.save_commit_index()
             now = time.monotonic()
             if now - self._status_at >= STATUS_INTERVAL_S:
                 self._status_at = now
