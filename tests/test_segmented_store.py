@@ -560,7 +560,7 @@ def test_compact_at_the_tail_keeps_what_retention_holds_need(tmp_path: Path) -> 
         assert store.entry_at(200) is None and store.log_entries(200, 201) is None
         assert store.first_retained_index() <= 40
         headers, values = store.read_records(40, 201)
-        assert values == [entry.value for _, entry in history if index_at_least(_, 40)]
+        assert values == [entry.value for index, entry in history if index >= 40]
         assert len(headers) == 161
         fill(store, history, 5, seed=200)
         assert history[-5][0] == 201
@@ -571,10 +571,6 @@ def test_compact_at_the_tail_keeps_what_retention_holds_need(tmp_path: Path) -> 
         with open_store(tmp_path / "s") as again:
             assert again.start_index() == 201
             assert_log_is(again, history, 201)
-
-
-def index_at_least(index: int, low: int) -> bool:
-    return index >= low
 
 
 def test_physical_truncation_keeps_what_partitions_need(
