@@ -446,6 +446,13 @@ class Node:
         """Remove a member (not this one)."""
         if address == self.address:
             raise InvalidArgumentError("a node cannot remove itself; ask another member")
+        host, _ = self._running()
+        if host.status().leader == address:
+            # pysyncobj 0.3.17 denies a leader's removal of itself (REQUEST_DENIED).
+            raise ClusterError(
+                f"{address} is the leader, and pysyncobj cannot remove its leader: stop "
+                "that node (another member takes over), then remove it"
+            )
         self._membership("remove", address, timeout_s)
 
     def _membership(self, kind: str, address: str, timeout_s: float) -> None:

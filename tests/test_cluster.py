@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_helpers import (
@@ -41,13 +42,14 @@ def _start_load(node: NodeProcess, count: int, tag: str, tmp: Path) -> Path:
     return acked
 
 
-def _wait_some_acked(node: NodeProcess, at_least: int, timeout: float = 60.0) -> None:
+def _wait_some_acked(node: NodeProcess, at_least: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The load report once ``at_least`` submissions were acknowledged on ``node``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        report = node.call("load_wait", timeout_s=0.05)["load"]
+        report: dict[str, Any] = node.call("load_wait", timeout_s=0.01)["load"]
         if report["acked"] >= at_least or report["done"]:
-            return
-        time.sleep(0.05)
+            return report
+        time.sleep(0.01)
     raise TimeoutError(f"node {node.node_id} acknowledged fewer than {at_least} in {timeout}s")
 
 
@@ -68,16 +70,20 @@ def test_kill9_follower_then_leader_converges_exactly_once(tmp_path: Path) -> No
 
         # 1. kill -9 a follower mid-load, restart it with a new load.
         follower = next(node for node in nodes if node.address != leader)
-        _wait_some_acked(follower, per_load // 4)
+        report = _wait_some_acked(follower, per_load // 4)
         follower.kill9()
+        assert not report["done"], "the follower must be killed mid-load"
         time.sleep(0.5)
         follower.start()
         acked_files.append(_start_load(follower, per_load, f"b{follower.node_id}", tmp_path))
 
         # 2. kill -9 the leader mid-load; the others elect a new one; restart it.
         old_leader = by_address[leader]
-        _wait_some_acked(old_leader, per_load // 2)
+        old_leader.call("load_wait", timeout=200, timeout_s=180)  # its first load ended
+        acked_files.append(_start_load(old_leader, per_load, f"l{old_leader.node_id}", tmp_path))
+        report = _wait_some_acked(old_leader, per_load // 4)
         old_leader.kill9()
+        assert not report["done"], "the leader must be killed mid-load"
         survivors = [node for node in nodes if node is not old_leader]
         new_leader = wait_leader(survivors)
         assert new_leader != leader
