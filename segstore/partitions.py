@@ -316,6 +316,22 @@ class PartitionLogStore:
             # Emptying the log keeps _last_raft_index: later appends must still follow it.
             self._aof.truncate_before(index)
 
+    def restart_at(self, partition_index: int, raft_index: int) -> None:
+        """Drop every record; the next append gets ``partition_index`` and must follow
+        ``raft_index`` (a Raft snapshot install replaced the partition's history).
+        Durable on return."""
+        index = _as_int(partition_index, "partition_index")
+        raft = _as_int(raft_index, "raft_index")
+        with self._lock:
+            if index < self._aof.first_index:
+                raise IndexOutOfRangeError(
+                    f"partition {self.partition_id}: cannot restart at {index}, below its "
+                    f"first retained index {self._aof.first_index}"
+                )
+            self._aof.truncate_after(self._aof.first_index - 1)
+            self._aof.truncate_before(index)
+            self._last_raft_index = raft
+
     def _check_open(self) -> None:
         if self._aof.closed:
             raise ClosedError(f"partition log {self.path} is closed")

@@ -251,8 +251,11 @@ class Router:
             updates: dict[int, PartitionCheckpoint] = {}
             for pid, durable in changed.items():
                 with self._partitions.pinned(pid) as plog:
-                    raft = int(plog.raft_indices(durable, durable + 1)[0]) if durable else 0
                     first = plog.first_index
+                    if durable >= first:
+                        raft = int(plog.raft_indices(durable, durable + 1)[0])
+                    else:  # emptied by a restart: nothing newer than the restart point
+                        raft = plog.last_raft_index if durable else 0
                 updates[pid] = PartitionCheckpoint(
                     durable_index=durable, durable_raft_index=raft, first_index=first
                 )
@@ -261,6 +264,33 @@ class Router:
             self._checkpoints.write(updates, routed_raft_index=self._routed)
             self._checkpoint_of.update(updates)
             self._checkpointed_routed = self._routed
+            self._publish_required()
+
+    # -- snapshot install ------------------------------------------------------------
+
+    def restart(self, raft_index: int, next_indices: dict[int, int]) -> None:
+        """Every partition restarts empty at ``next_indices[pid]`` (absent: 1, the
+        partition had nothing at the snapshot) after a Raft snapshot at ``raft_index``
+        replaced the history; the log is routed through ``raft_index``. Partitions
+        first, then one checkpoint write."""
+        with self._lock:
+            updates: dict[int, PartitionCheckpoint] = {}
+            for pid in sorted(set(self._partitions.existing_ids()) | set(next_indices)):
+                with self._partitions.pinned(pid) as plog:
+                    target = next_indices.get(pid, 1)
+                    plog.restart_at(target, raft_index)
+                    self._checked.add(pid)
+                    self._next_index[pid] = target
+                    self._last_raft[pid] = raft_index if target > 1 else 0
+                    updates[pid] = PartitionCheckpoint(
+                        durable_index=target - 1,
+                        durable_raft_index=raft_index if target > 1 else 0,
+                        first_index=target,
+                    )
+            self._checkpoints.write(updates, routed_raft_index=raft_index)
+            self._checkpoint_of.update(updates)
+            self._routed = self._checkpointed_routed = raft_index
+            self._recheck.clear()
             self._publish_required()
 
     # -- rollback --------------------------------------------------------------------

@@ -923,3 +923,52 @@ def test_checkpoints_of_another_store_are_refused(tmp_path: Path) -> None:
         open_store(tmp_path / "b")
     with open_store(tmp_path / "a") as a:  # the source is unharmed
         assert a.next_slot() == 11
+
+
+def test_install_snapshot_restarts_partitions_at_the_snapshot(tmp_path: Path) -> None:
+    """A follower behind a snapshot: its log goes, every partition log restarts at the
+    snapshot's applied index + 1, and entries after it get the leader's indices, also
+    after a reopen (the router checkpoints the restart)."""
+    path = tmp_path / "store"
+    with SegmentedLogStore.open(path, partitions=3) as store:
+        for k in range(10):  # partition 0 gets 4 entries, 1 and 2 three each
+            store.append(app(k % 3, b"old%d" % k))
+        store.end_of_append_batch(1, 10)
+        store.sync_partitions()
+        store.install_snapshot(40, {0: 21, 1: 8})
+        assert store.start_index() == store.next_slot() == 41
+        assert store.entry_at(10) is None
+        assert store.partition_next_indices() == {0: 21, 1: 8}
+        store.append(app(0, b"new0"))
+        store.append(app(2, b"new2"))
+        store.end_of_append_batch(41, 2)
+        assert store.partition_of(41) == (0, 21)
+        assert store.partition_of(42) == (2, 1)  # no applied state: starts over at 1
+        store.sync_partitions()
+        with store.partition_log(0) as plog:
+            assert (plog.first_index, plog.next_index) == (21, 22)
+            assert bytes(plog.read(21)) == b"new0" and plog.raft_index(21) == 41
+        with store.partition_log(1) as plog:
+            assert (plog.first_index, plog.next_index) == (8, 8)
+    with SegmentedLogStore.open(path) as store:
+        assert store.partition_next_indices() == {0: 22, 1: 8, 2: 2}
+        store.append(app(1, b"after reopen"))
+        store.end_of_append_batch(43, 1)
+        assert store.partition_of(43) == (1, 8)
+        store.sync_partitions()
+        with store.partition_log(1) as plog:
+            assert bytes(plog.read(8)) == b"after reopen"
+
+
+def test_install_snapshot_cuts_entries_after_the_snapshot(tmp_path: Path) -> None:
+    with SegmentedLogStore.open(tmp_path / "store", partitions=2) as store:
+        for k in range(6):
+            store.append(app(k % 2, b"e%d" % k))
+        store.end_of_append_batch(1, 6)
+        store.install_snapshot(4, {0: 3, 1: 3})
+        assert store.next_slot() == 5 and store.entry_at(5) is None
+        store.append(app(1, b"x"))
+        store.end_of_append_batch(5, 1)
+        assert store.partition_of(5) == (1, 3)
+        with pytest.raises(InvalidArgumentError):
+            store.install_snapshot(9, {2: 1})  # no partition 2

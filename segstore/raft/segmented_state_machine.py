@@ -245,6 +245,9 @@ class SegmentedStateMachine(StateMachine):
                 f"received snapshot is at {snapshot.last_log_idx}, not {s.last_log_idx}"
             )
         self.applier.install(states, s.last_log_idx, raft_snapshot=blob)
+        self.store.install_snapshot(
+            s.last_log_idx, {pid: state.applied_index + 1 for pid, state in states.items()}
+        )
         self._snapshot = s
         self._receiving = bytearray()
         return True

@@ -682,6 +682,35 @@ class SegmentedLogStore(LogStore):
             self._compact_locked(last_log_index)
             return True
 
+    def install_snapshot(self, last_log_index: int, next_partition_indices: dict[int, int]) -> None:
+        """A Raft snapshot up to ``last_log_index`` replaced the state machines: drop
+        the log through it (and any entry after it), restart every partition log
+        empty at ``next_partition_indices[pid]`` (the snapshot's applied index + 1;
+        absent: 1) so entries after the snapshot get the leader's partition indices.
+
+        Not atomic across a crash: the log is compacted first, then the partition
+        logs restarted, then one checkpoint transaction records them; a crash in
+        between is reported as corruption at the next open, and the snapshot is
+        installed again.
+        """
+        check_index("last_log_index", last_log_index)
+        for pid, index in next_partition_indices.items():
+            check_uint("partition id", pid, self.partition_count - 1)
+            check_index("next partition index", index)
+            if index < 1:
+                raise InvalidArgumentError(f"partition {pid}: next index {index} is below 1")
+        with self._lock:
+            self._check_writable()
+            next_slot = self._log.last_index + len(self._pending) + 1
+            if next_slot > last_log_index + 1:
+                self._truncate_from(
+                    last_log_index + 1, self._next_indices_after_truncating(last_log_index + 1)
+                )
+            self._compact_locked(last_log_index)
+            with self._router.paused():
+                self._router.restart(last_log_index, next_partition_indices)
+            self._rows.next_indices = dict(next_partition_indices)
+
     def _compact_locked(self, last_log_index: int) -> None:
         start = last_log_index + 1
         next_slot = self._log.last_index + len(self._pending) + 1
