@@ -30,6 +30,8 @@ from cpython.buffer cimport (
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint32_t, uint64_t
 cimport numpy as cnp
 from libc.string cimport memcpy, memset
@@ -846,13 +848,19 @@ cdef class RecordReader:
         if bad:
             return None
         cdef list copies
+        cdef object item
         cdef const unsigned char* payload
         if copy:
-            copies = [None] * (end - start)
+            # Filled with PyList_SET_ITEM (steals a reference; no bounds check and no
+            # old item to release): W4's read_range scan went from 9.4 M to 10.0 M
+            # records/s (docs/PERFORMANCE.md).
+            copies = PyList_New(end - start)
             for k in range(start, end):
                 payload = base + offset_column[k] + _HDR + header_bytes
-                copies[k - start] = PyBytes_FromStringAndSize(
+                item = PyBytes_FromStringAndSize(
                     <const char*>payload, <Py_ssize_t>length_column[k])
+                Py_INCREF(item)
+                PyList_SET_ITEM(copies, k - start, item)
             return copies
         # One exported view of the whole segment; its slices share its managed buffer,
         # which halves the cost of each record's view.
