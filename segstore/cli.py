@@ -41,25 +41,23 @@ Usage:
       records and bytes only they keep. Quorum acknowledgements live in memory only,
       so stats cannot show quorum offline. --json prints one stable dict instead
       (format_version 1). Exit status 1 if the checkpoints cannot be read.
-  segstore demo [--seconds S] [--dir DIR] [--keep]
-      The whole single-node pipeline (issue #4) in a writer process: 64 partitions
-      of key-value state machines, a producer, three simulated replicas (one
-      lagging) and a slow partition meeting backpressure, with a live display of
-      throughput, acknowledgements, quorum indices, apply lag and watermarks. After
-      S seconds (default 5) the writer is killed with SIGKILL; the store is
-      recovered, every partition state is checked against a model fed each
-      committed entry exactly once, and `segstore stats` of the directory is
-      printed. Exit status 1 if the check fails.
-  segstore node --id N --dir DIR --address HOST:PORT [--peer HOST:PORT ...]
-               [--partitions N] [--password-env VAR] [--control]
-      One member of a multi-node cluster (issue #5, docs/CLUSTER.md) over pysyncobj,
-      with the built-in recording state machine in every partition. Prints a status
-      line every second until SIGINT or SIGTERM, then closes cleanly. --control reads
-      JSON-line commands on stdin instead (status, submit, load, load_wait, digest,
-      payloads, add_member, remove_member, wait_leader, close) and answers one JSON
-      line each: what the cluster tests and benchmarks drive. A non-loopback address
-      is refused unless a password is set (read from the environment variable named
-      by --password-env): the transport exchanges pickles.
+  segstore demo [--count N] [--dir DIR] [--keep]
+      A three-node cluster (issue #5): three `segstore node` processes on
+      127.0.0.1 with 64 partitions, N submissions of 256 B (default 6,000) through a
+      follower, a live view (leader, term, commit and applied indices, throughput,
+      partition lag, masters, watermarks); the leader is killed with SIGKILL a third
+      of the way, the failover is shown, the node restarted and caught up; then every
+      node must hold identical partition states and every acknowledged submission
+      must be applied exactly once everywhere; `segstore stats` of each data
+      directory ends it. Exit status 1 if the check fails.
+  segstore demo --embedded [--seconds S] [--dir DIR] [--keep]
+      The single-node pipeline (issue #4) in a writer process: 64 partitions of
+      key-value state machines, a producer, three simulated replicas (one lagging)
+      and a slow partition meeting backpressure, with a live display of throughput,
+      acknowledgements, quorum indices, apply lag and watermarks. After S seconds
+      (default 5) the writer is killed with SIGKILL; `segstore stats` shows what it
+      left; the store is recovered and every partition state is checked against a
+      model fed each committed entry exactly once. Exit status 1 if the check fails.
   segstore demo --aof [--records N] [--dir DIR] [--keep]
       The Aof alone: append N records (default 1,000,000) with group commit,
       reopen, verify every CRC, and print throughput, recovery time and a dump
@@ -99,9 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="which partition holds the watermark back")
     stats.add_argument("path")
     stats.add_argument("--json", action="store_true", help="print one JSON dict")
-    demo = commands.add_parser("demo", help="the pipeline, a SIGKILL, recovery, a check")
-    demo.add_argument("--seconds", type=float, default=5.0, help="run time before SIGKILL")
-    demo.add_argument("--aof", action="store_true", help="the Aof demo instead")
+    demo = commands.add_parser("demo", help="a cluster, a SIGKILLed leader, a check")
+    kind = demo.add_mutually_exclusive_group()
+    kind.add_argument("--embedded", action="store_true", help="the single-node pipeline")
+    kind.add_argument("--aof", action="store_true", help="the Aof alone")
+    demo.add_argument("--count", type=int, default=6_000, help="submissions (cluster)")
+    demo.add_argument("--seconds", type=float, default=5.0, help="run time (--embedded)")
     demo.add_argument("--records", type=int, default=1_000_000, help="records (--aof)")
     demo.add_argument("--dir", default=None, help="data directory (default: a temp dir)")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -162,9 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from segstore.aof_demo import run_aof_demo
 
             return run_aof_demo(records=args.records, directory=args.dir, keep=args.keep)
-        from segstore.pipeline_demo import run_pipeline_demo
+        if args.embedded:
+            from segstore.pipeline_demo import run_pipeline_demo
 
-        return run_pipeline_demo(seconds=args.seconds, directory=args.dir, keep=args.keep)
+            return run_pipeline_demo(seconds=args.seconds, directory=args.dir, keep=args.keep)
+        from segstore.cluster_demo import run_cluster_demo
+
+        return run_cluster_demo(count=args.count, directory=args.dir, keep=args.keep)
     except CorruptionError as exc:
         print(f"segstore {args.command}: CORRUPT: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,150 @@
+"""Driving ``segstore node --control`` processes: the cluster demo, tests and benchmarks.
+
+A :class:`NodeProcess` is one real node process on loopback, driven with the JSON-line
+commands of :func:`segstore.cluster.serve_control` (one reply line per command). Replies
+are read by a thread, so a hung node makes :meth:`NodeProcess.call` time out instead of
+hanging its caller; :meth:`NodeProcess.kill9` sends SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from segstore.errors import SegstoreError
+
+__all__ = ["NodeProcess", "NodeProcessError", "free_ports"]
+
+
+class NodeProcessError(SegstoreError):
+    """A node process refused a command, exited, or did not answer in time."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 right now."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+class NodeProcess:
+    """One ``segstore node --control`` process (start it with :meth:`start`)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        data_dir: str | os.PathLike[str],
+        address: str,
+        peers: list[str],
+        partitions: int,
+        *,
+        stderr_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.data_dir = os.fspath(data_dir)
+        self.address = address
+        self.peers = list(peers)
+        self.partitions = partitions
+        self.stderr_path = os.fspath(
+            stderr_path or os.path.join(os.path.dirname(self.data_dir), f"node{node_id}.stderr")
+        )
+        self.proc: subprocess.Popen[str] | None = None
+        self._replies: queue.Queue[str | None] = queue.Queue()
+
+    def start(self) -> NodeProcess:
+        """Spawn the process (again, after a kill: same data directory)."""
+        command = [
+            sys.executable,
+            "-m",
+            "segstore.cli",
+            "node",
+            "--id",
+            str(self.node_id),
+            "--dir",
+            self.data_dir,
+            "--address",
+            self.address,
+            "--partitions",
+            str(self.partitions),
+            "--control",
+        ]
+        for peer in self.peers:
+            command += ["--peer", peer]
+        self._replies = queue.Queue()
+        os.makedirs(os.path.dirname(self.stderr_path) or ".", exist_ok=True)
+        with open(self.stderr_path, "a") as log:
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                bufsize=1,
+            )
+        threading.Thread(target=self._read, args=(self.proc, self._replies), daemon=True).start()
+        return self
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], replies: queue.Queue[str | None]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            replies.put(line)
+        replies.put(None)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def call(self, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
+        """Send one command; return its reply (NodeProcessError on an error reply, an
+        exited process or a timeout)."""
+        if self.proc is None or self.proc.stdin is None:
+            raise NodeProcessError(f"node {self.node_id} was not started")
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise NodeProcessError(f"node {self.node_id} is gone ({exc})") from exc
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise NodeProcessError(
+                f"node {self.node_id}: no reply to {op} in {timeout} s"
+            ) from None
+        if line is None:
+            raise NodeProcessError(f"node {self.node_id} exited; stderr in {self.stderr_path}")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.get("ok"):
+            raise NodeProcessError(f"node {self.node_id}: {op} failed: {reply.get('error')}")
+        return reply
+
+    def kill9(self) -> None:
+        """SIGKILL the process and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        """Close cleanly (the node checkpoints), or kill it if it does not answer."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.call("close", timeout=60)
+            self.proc.wait(timeout=30)
+        except (NodeProcessError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(timeout=30)
