@@ -79,6 +79,11 @@ QUORUM_INTERVAL_S: Final = 0.1
 """How often committed entries are landed in the AckTracker and acks fed (each pass
 costs a numpy search per partition: not per tick)."""
 LAND_BATCH_MAX: Final = 1 << 14
+ROUTER_IDLE_CHECKS: Final = 3
+"""Checkpoint intervals the router's term may hold the watermark unmoved before the
+node checkpoints the partition logs itself."""
+ENV_RESERVED_LOG_ITEMS: Final = "SEGSTORE_RESERVED_LOG_ITEMS"
+ENV_COMPACTION_INTERVAL_S: Final = "SEGSTORE_COMPACTION_INTERVAL_S"
 
 
 class RequestResult(NamedTuple):
@@ -250,6 +255,8 @@ class Node:
         checkpoint_interval_s: float = 0.5,
         retry_after_s: float = 3.0,
         submit_timeout_s: float = 60.0,
+        reserved_log_items: int | None = None,
+        compaction_interval_s: float | None = None,
         host_factory: Callable[..., RaftHost] | None = None,
     ) -> None:
         if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
@@ -277,6 +284,11 @@ class Node:
         self._retry_after_s = retry_after_s
         self._submit_timeout_s = submit_timeout_s
         self._host_factory = host_factory
+        self._host_options: dict[str, Any] = {}
+        if reserved_log_items is not None:
+            self._host_options["reserved_log_items"] = reserved_log_items
+        if compaction_interval_s is not None:
+            self._host_options["compaction_interval_s"] = compaction_interval_s
         self.client_id = os.urandom(16)
         """This node's client id: its request ids are ``(client_id, seq)``."""
         self._lock = threading.Lock()
@@ -290,6 +302,8 @@ class Node:
         self._host: RaftHost | None = None
         self._maintenance: threading.Thread | None = None
         self._processed = 0
+        self._router_term = 0
+        self._router_still = 0
         self._members: tuple[str, ...] = ()
         self.acks = AckTracker([address, *peers])
         """Quorum per partition, fed with the leader's match indices."""
@@ -342,7 +356,11 @@ class Node:
                     tick_period_s=self._tick_period_s,
                     append_period_s=self._append_period_s,
                     election_timeout_s=self._election_timeout_s,
+                    **self._host_options,
                 )
+            # The quorum term of invariant 6 (the landing of committed entries in the
+            # AckTracker reads them from the log): a retention hold of the store.
+            store.add_retention(self._quorum_required)
         except BaseException:
             store.close()
             raise
@@ -541,9 +559,64 @@ class Node:
             "failed": hs.failed,
             "counters": dict(hs.counters),
             "pending_submissions": len(self._pending),
-            "watermark": min(routed_required, sm.applier.required_raft_index()),
+            "watermark_terms": {
+                "router": routed_required,
+                "applier": sm.applier.required_raft_index(),
+                "quorum": self._quorum_required(),
+            },
+            "watermark": min(
+                routed_required, sm.applier.required_raft_index(), self._quorum_required()
+            ),
+            "log_start_index": hs.log_start_index,
+            "store_start_index": self._store.start_index() if self._store else 0,
+            "first_retained_index": self._store.first_retained_index() if self._store else 0,
+            "snapshot_index": hs.snapshot_index,
+            "installed_snapshot_index": hs.installed_snapshot_index,
             "partitions": partitions,
         }
+
+    def _quorum_required(self) -> int:
+        """The AckTracker's term of invariant 6: the first committed entry not yet
+        landed in it, and on the leader (which feeds it every follower's match index)
+        the first landed entry not quorum-acknowledged. A follower only learns its own
+        acknowledgements; the leader's commit index is its proof of a quorum, so its
+        tracker holds nothing beyond what is not landed."""
+        required = self._processed + 1
+        host = self._host
+        if host is not None and host.status().is_leader:
+            acks = self.acks
+            for pid in range(self.partitions):
+                first = acks.first_pending_raft_index(pid)
+                if first is not None and first < required:
+                    required = first
+        return required
+
+    def watermark(self) -> int:
+        """The global minimum required raft index of invariant 6 on this node: the
+        log may be compacted below it (the host also keeps its reserved tail)."""
+        store, sm = self._store, self._sm
+        if store is None or sm is None:
+            raise ClusterError(f"node {self.node_id} is not started (call start())")
+        routed_required, _ = store.required_raft_indices()
+        return min(routed_required, sm.applier.required_raft_index(), self._quorum_required())
+
+    def _nudge_router(self) -> None:
+        """Checkpoint the partition logs when the router's term holds the watermark
+        and has not moved for ROUTER_IDLE_CHECKS checks: the store's router checkpoints
+        only when new records wake it, so once the load stops its last batch would
+        hold the log (and compaction) back until the next write."""
+        store, sm = self._store, self._sm
+        if store is None or sm is None:
+            return
+        router, _ = store.required_raft_indices()
+        others = min(sm.applier.required_raft_index(), self._quorum_required())
+        if router < others and router == self._router_term:
+            self._router_still += 1
+            if self._router_still >= ROUTER_IDLE_CHECKS:
+                store.sync_partitions()
+                self._router_still = 0
+        else:
+            self._router_term, self._router_still = router, 0
 
     def _store_required(self) -> tuple[int, dict[int, int]]:
         store = self._store
@@ -583,8 +656,10 @@ class Node:
                     self._land_and_ack()
                 if now - last_checkpoint >= self._checkpoint_interval_s:
                     last_checkpoint = now
-                    if self._sm is not None:
+                    if self._sm is not None and self._host is not None:
                         self._sm.applier.checkpoint()
+                        self._nudge_router()
+                        self._host.compact(self.watermark())
             except Exception as exc:  # keep the node observable; status shows it
                 print(f"segstore node {self.node_id}: maintenance: {exc!r}", file=sys.stderr)
 
@@ -627,6 +702,11 @@ class Node:
             return
         status = host.status()
         handed = status.applied_handed_index
+        if status.installed_snapshot_index > self._processed:
+            # The state machine jumped to a snapshot: the entries up to it are never
+            # handed in, and the partitions' indices restart after the snapshot's.
+            self.acks = AckTracker(list(self._members) or [self.address, *self.peers])
+            self._processed = status.installed_snapshot_index
         while self._processed < handed:
             low = self._processed + 1
             high = min(handed, low + LAND_BATCH_MAX - 1)
@@ -835,11 +915,23 @@ def run_node(
     control: bool = False,
     tick_period_s: float = 0.005,
     append_period_s: float = 0.01,
+    reserved_log_items: int | None = None,
+    compaction_interval_s: float | None = None,
 ) -> int:
     """``segstore node``: run one node with :class:`RecordingStateMachine` partitions,
     printing a status line every second (or serving ``--control`` on stdin/stdout)
-    until stdin closes (``--control``) or SIGINT / SIGTERM."""
+    until stdin closes (``--control``) or SIGINT / SIGTERM.
+
+    ``reserved_log_items`` and ``compaction_interval_s`` default to the environment
+    variables ``SEGSTORE_RESERVED_LOG_ITEMS`` and ``SEGSTORE_COMPACTION_INTERVAL_S``
+    when set (the ``segstore node`` command line has no flags for them yet), else to
+    the host's defaults."""
     import signal
+
+    if reserved_log_items is None and os.environ.get(ENV_RESERVED_LOG_ITEMS):
+        reserved_log_items = int(os.environ[ENV_RESERVED_LOG_ITEMS])
+    if compaction_interval_s is None and os.environ.get(ENV_COMPACTION_INTERVAL_S):
+        compaction_interval_s = float(os.environ[ENV_COMPACTION_INTERVAL_S])
 
     node = Node(
         node_id,
@@ -851,6 +943,8 @@ def run_node(
         password=password,
         tick_period_s=tick_period_s,
         append_period_s=append_period_s,
+        reserved_log_items=reserved_log_items,
+        compaction_interval_s=compaction_interval_s,
     )
     node.start()
     stop = threading.Event()

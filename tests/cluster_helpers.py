@@ -42,8 +42,16 @@ class NodeProcess:
     """One ``segstore node --control`` process."""
 
     def __init__(
-        self, node_id: int, data_dir: Path, address: str, peers: list[str], partitions: int
+        self,
+        node_id: int,
+        data_dir: Path,
+        address: str,
+        peers: list[str],
+        partitions: int,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = env
+        """Extra environment variables (e.g. SEGSTORE_RESERVED_LOG_ITEMS)."""
         self.node_id = node_id
         self.data_dir = data_dir
         self.address = address
@@ -81,6 +89,7 @@ class NodeProcess:
                 stderr=log,
                 text=True,
                 bufsize=1,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
         threading.Thread(target=self._read, args=(self.proc, self._replies), daemon=True).start()
         return self
@@ -125,14 +134,30 @@ class NodeProcess:
             self.proc.wait(timeout=30)
 
 
-def start_cluster(tmp: Path, count: int, partitions: int) -> list[NodeProcess]:
+def start_cluster(
+    tmp: Path, count: int, partitions: int, env: dict[str, str] | None = None
+) -> list[NodeProcess]:
     """``count`` node processes forming one cluster, each with its own data dir."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(count)]
     nodes = []
     for i, address in enumerate(addresses):
         peers = [a for a in addresses if a != address]
-        nodes.append(NodeProcess(i + 1, tmp / f"n{i + 1}", address, peers, partitions).start())
+        node = NodeProcess(i + 1, tmp / f"n{i + 1}", address, peers, partitions, env)
+        nodes.append(node.start())
     return nodes
+
+
+def compaction_env(reserved_log_items: int, interval_s: float = 0.2) -> dict[str, str]:
+    """Environment of node processes that compact with a small reserved tail."""
+    return {
+        "SEGSTORE_RESERVED_LOG_ITEMS": str(reserved_log_items),
+        "SEGSTORE_COMPACTION_INTERVAL_S": str(interval_s),
+    }
+
+
+def statuses(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
+    """Every node's status."""
+    return [node.call("status")["status"] for node in nodes]
 
 
 def wait_leader(nodes: list[NodeProcess], timeout: float = 60.0) -> str:

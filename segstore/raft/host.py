@@ -63,6 +63,13 @@ class HostStatus:
         connected: each other member's address and whether it is connected.
         failed: why the host stopped (fail-stop), or None.
         counters: the adapter's counters (flushes, skipped re-adds, truncations...).
+        log_start_index: the first raft index of the engine's log view (entries
+            below it are compacted, or covered by an installed snapshot).
+        snapshot_index: the last raft index of the latest snapshot created or
+            installed (0: none).
+        installed_snapshot_index: the last raft index of the latest snapshot
+            installed from the leader in this process (0: none); the state machine
+            jumped there, so entries up to it are never handed in.
     """
 
     endpoint: str
@@ -78,6 +85,9 @@ class HostStatus:
     connected: Mapping[str, bool] = field(default_factory=dict)
     failed: str | None = None
     counters: Mapping[str, int] = field(default_factory=dict)
+    log_start_index: int = 0
+    snapshot_index: int = 0
+    installed_snapshot_index: int = 0
 
 
 class RaftHost(abc.ABC):
@@ -98,6 +108,13 @@ class RaftHost(abc.ABC):
     @abc.abstractmethod
     def remove_member(self, endpoint: str, done: DoneCallback) -> None:
         """Remove a member."""
+
+    def compact(self, required_raft_index: int) -> None:
+        """Allow compacting the log below ``required_raft_index`` (the node's
+        watermark: the oldest raft index anyone on this node still needs). The host
+        compacts at its own pace, keeping its reserved tail; engines that never
+        compact ignore it."""
+        return None  # optional: an engine that never compacts needs nothing
 
     @abc.abstractmethod
     def status(self) -> HostStatus:
@@ -178,6 +195,14 @@ class FileStateMgr(StateMgr):
         voted = data.get("voted_for_endpoint")
         if voted is not None and not isinstance(voted, str):
             raise CorruptionError(path, 0, f"raft state voted_for_endpoint is {voted!r}")
+        members = data.get("members")
+        if members is not None and not (
+            isinstance(members, dict)
+            and isinstance(members.get("index"), int)
+            and isinstance(members.get("members"), list)
+            and all(isinstance(m, str) for m in members["members"])
+        ):
+            raise CorruptionError(path, 0, f"raft state members is {members!r}")
         return data
 
     def _store(self) -> None:
@@ -257,6 +282,26 @@ class FileStateMgr(StateMgr):
         """The last commit index saved."""
         with self._lock:
             return int(self._data["commit_index"])
+
+    def save_members(self, index: int, members: list[str]) -> None:
+        """Durably record the voting members (addresses) as of raft ``index``: the
+        membership a compaction or a snapshot install would otherwise lose (the log
+        entries that changed it are gone)."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise InvalidArgumentError(f"index must be a non-negative int, not {index!r}")
+        if not all(isinstance(member, str) for member in members):
+            raise InvalidArgumentError("members must be addresses (str)")
+        with self._lock:
+            self._data["members"] = {"index": index, "members": sorted(members)}
+            self._store()
+
+    def members(self) -> tuple[int, frozenset[str]] | None:
+        """``(index, members)`` last saved by :meth:`save_members`, or None."""
+        with self._lock:
+            saved = self._data.get("members")
+        if saved is None:
+            return None
+        return int(saved["index"]), frozenset(saved["members"])
 
 
 __all__ = [

@@ -54,9 +54,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+import numpy as np
 import pysyncobj.syncobj as _syncobj_module  # type: ignore[import-untyped]
 from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.config import FAIL_REASON  # type: ignore[import-untyped]
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE  # type: ignore[import-untyped]
 from pysyncobj.journal import Journal  # type: ignore[import-untyped]
 from pysyncobj.pipe_notifier import PipeNotifier  # type: ignore[import-untyped]
 from pysyncobj.transport import TCPTransport  # type: ignore[import-untyped]
@@ -66,6 +67,8 @@ from segstore.raft.host import DoneCallback, FailedCallback, FileStateMgr, HostS
 from segstore.raft.log_entry import LogEntry, LogValType
 from segstore.raft.segmented_state_machine import SegmentedStateMachine
 from segstore.raft.segmented_store import SegmentedLogStore
+from segstore.raft.state_machine import Snapshot
+from segstore.raft.state_mgr import ClusterConfig, ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +84,18 @@ RECENT_ENTRIES_MAX: Final = 16_384
 COMMIT_SAVE_INTERVAL_S: Final = 0.2
 """Shortest time between two saves of the commit index (it is a hint on restart)."""
 
+RESERVED_LOG_ITEMS: Final = 20_000
+"""Committed entries kept before the commit index when compacting (NuRaft's
+``reserved_log_items``): a member that far behind still catches up from the log."""
+
+COMPACTION_INTERVAL_S: Final = 1.0
+"""Shortest time between two compactions."""
+
 STATUS_INTERVAL_S: Final = 0.02
 """Shortest time between two status snapshots taken on the tick thread."""
 
 _JOURNAL_PREFIX: Final = "segstore-journal:"
+_SNAPSHOT_PREFIX: Final = "segstore-snapshot:"
 
 # pysyncobj's command types (``_COMMAND_TYPE`` in pysyncobj/syncobj.py).
 _REGULAR: Final = 0
@@ -98,6 +109,22 @@ _APP_LOG = LogValType.app_log
 
 PysyncobjEntry = tuple[bytes, int, int]
 """A pysyncobj journal entry: ``(command, raft index, term)``."""
+
+_ANCHOR_COMMAND: Final = bytes((_NO_OP,))
+"""The command shown for a snapshot's anchor entry (its own command is not kept)."""
+
+
+def _apply_membership(members: set[str], command: bytes) -> None:
+    """Apply one pysyncobj membership command (``['add'|'rem', address, node]``)."""
+    try:
+        request = pickle.loads(command[1:])
+        kind, address = request[0], str(request[1])
+    except Exception as exc:
+        raise ClusterError(f"undecodable membership command: {exc}") from exc
+    if kind == "add":
+        members.add(address)
+    elif kind == "rem":
+        members.discard(address)
 
 
 # -- the journal factory -------------------------------------------------------------
@@ -128,6 +155,34 @@ def register_journal(journal: StoreJournal) -> str:
     token = f"{_JOURNAL_PREFIX}{id(journal)}:{time.monotonic_ns()}"
     with _pending_lock:
         _pending_journals[token] = journal
+    return token
+
+
+_pending_transfers: dict[str, SnapshotTransfer] = {}
+_original_serializer: Callable[..., Any] = _syncobj_module.Serializer
+
+
+def _create_serializer(file_name: str | None, *args: Any) -> Any:
+    """pysyncobj's ``Serializer`` class, serving a registered :class:`SnapshotTransfer`
+    for ``fullDumpFile="segstore-snapshot:<token>"``."""
+    if isinstance(file_name, str) and file_name.startswith(_SNAPSHOT_PREFIX):
+        with _pending_lock:
+            transfer = _pending_transfers.pop(file_name, None)
+        if transfer is None:
+            raise ClusterError(f"no segstore snapshot transfer is registered as {file_name!r}")
+        return transfer
+    return _original_serializer(file_name, *args)
+
+
+_syncobj_module.Serializer = _create_serializer
+
+
+def register_transfer(transfer: SnapshotTransfer) -> str:
+    """The ``fullDumpFile`` name under which pysyncobj's next ``Serializer`` is
+    ``transfer``."""
+    token = f"{_SNAPSHOT_PREFIX}{id(transfer)}:{time.monotonic_ns()}"
+    with _pending_lock:
+        _pending_transfers[token] = transfer
     return token
 
 
@@ -219,14 +274,40 @@ class _EntrySlice(Sequence[PysyncobjEntry]):
 class StoreJournal(Journal):  # type: ignore[misc]
     """pysyncobj's journal over a :class:`SegmentedLogStore` (module docstring)."""
 
-    def __init__(self, store: SegmentedLogStore, state: FileStateMgr) -> None:
+    def __init__(
+        self,
+        store: SegmentedLogStore,
+        state: FileStateMgr,
+        *,
+        snapshot: tuple[int, int] | None = None,
+        initial_members: Sequence[str] = (),
+    ) -> None:
         self._store = store
         self._state = state
         self._lock = threading.RLock()
-        self._start = store.start_index()
+        store_start = store.start_index()
+        # Position 0 is the *anchor*: the entry just before the ones pysyncobj may send
+        # (it reads its index and term as prevLogIdx/prevLogTerm). After a compaction
+        # it is the store's first entry; after a snapshot install the store starts
+        # empty at S + 1, and the anchor is the snapshot's (S, term), held here.
+        self._anchor_term: int | None = None
+        if snapshot is not None and snapshot[0] == store_start - 1 and snapshot[0] >= 1:
+            self._start = snapshot[0]
+            self._anchor_term = snapshot[1]
+        else:
+            self._start = store_start
         self._stored_last = store.next_slot() - 1
         self._tail = self._stored_last  # the visible end pysyncobj sees
         self._commit = min(state.commit_index(), self._stored_last)
+        if self._start > 1:
+            # Everything at or below the anchor was compacted or snapshotted: committed.
+            self._commit = max(self._commit, self._start)
+        self._expect_clear = False
+        saved = state.members()
+        self._members_base: tuple[int, frozenset[str]] = (
+            saved if saved is not None else (0, frozenset(initial_members))
+        )
+        self._conf: dict[int, bytes] = self._scan_conf_entries()
         self._commit_saved = self._commit
         self._commit_saved_at = 0.0
         self._dirty = False
@@ -244,7 +325,89 @@ class StoreJournal(Journal):  # type: ignore[misc]
         self.on_truncate: Callable[[int], None] | None = None
         """Called with the raft index a real conflict truncated the log from."""
 
+    def _scan_conf_entries(self) -> dict[int, bytes]:
+        """The membership commands stored after the saved membership's index."""
+        conf: dict[int, bytes] = {}
+        low = max(self._store.start_index(), self._members_base[0] + 1)
+        high = self._stored_last + 1
+        while low < high:
+            end = min(high, low + 4096)
+            headers, values = self._store.read_records(low, end)
+            for k in np.flatnonzero(headers["val_type"] == int(_CONF)).tolist():
+                conf[low + k] = values[k]
+            low = end
+        return conf
+
     # -- what the host reads -----------------------------------------------------------
+
+    @property
+    def start_index(self) -> int:
+        """Raft index of position 0, the anchor (pysyncobj's first journal entry)."""
+        return self._start
+
+    def members_at(self, index: int) -> frozenset[str]:
+        """The voting members (addresses) as of raft ``index``: the saved membership
+        plus the membership commands up to ``index``."""
+        base_index, members = self._members_base
+        if index < base_index:
+            raise ClusterError(f"the membership at {index} is older than the saved {base_index}")
+        current = set(members)
+        for idx in sorted(i for i in self._conf if i <= index):
+            _apply_membership(current, self._conf[idx])
+        return frozenset(current)
+
+    def compact_to(self, index: int) -> bool:
+        """Move the anchor up to raft ``index`` (tick thread only: positions shift).
+        The membership as of ``index`` is made durable first when it changed; the
+        caller then compacts the store below ``index``. False if nothing moved."""
+        with self._lock:
+            self._check_ok()
+            if index <= self._start or index > min(self._stored_last, self._commit):
+                return False
+            members = self.members_at(index)
+            if members != self._members_base[1]:
+                self._state.save_members(index, sorted(members))
+            self._members_base = (index, members)
+            for idx in [i for i in self._conf if i <= index]:
+                del self._conf[idx]
+            self._start = index
+            self._anchor_term = None
+            for stale in [i for i in self._recent if i < index]:
+                del self._recent[stale]
+            return True
+
+    def has_entry(self, index: int, term: int) -> bool:
+        """The journal holds raft ``index`` with ``term`` (or compacted past it)."""
+        with self._lock:
+            if index < self._start:
+                return True
+            if index > self._stored_last:
+                return False
+            return self._term_of(index) == term
+
+    def _term_of(self, index: int) -> int:
+        if index == self._start and self._anchor_term is not None:
+            return self._anchor_term
+        return self._store.term_at(index)
+
+    def reset_to_snapshot(self, index: int, term: int, members: frozenset[str]) -> None:
+        """A snapshot up to ``index`` was installed in the store: the journal is its
+        anchor alone, and pysyncobj's ``clear()`` that follows is expected."""
+        with self._lock:
+            self._start = index
+            self._anchor_term = term
+            self._stored_last = self._store.next_slot() - 1
+            if self._stored_last != index:
+                raise ClusterError(
+                    f"after installing a snapshot at {index} the store ends at {self._stored_last}"
+                )
+            self._tail = index
+            self._commit = max(self._commit, index)
+            self._dirty = False
+            self._recent.clear()
+            self._conf.clear()
+            self._members_base = (index, members)
+            self._expect_clear = True
 
     @property
     def dirty(self) -> bool:
@@ -290,6 +453,8 @@ class StoreJournal(Journal):  # type: ignore[misc]
         with self._lock:
             if not self._start <= index <= self._stored_last:
                 raise IndexError(f"raft index {index} is outside the journal")
+            if index == self._start and self._anchor_term is not None:
+                return (_ANCHOR_COMMAND, index, self._anchor_term)
             entry = self._store.entry_at(index)
             if entry is None:
                 raise IndexError(f"raft index {index} is not in the store")
@@ -304,10 +469,16 @@ class StoreJournal(Journal):  # type: ignore[misc]
             except KeyError:
                 pass
         with self._lock:
+            anchor: list[PysyncobjEntry] = []
+            if low == self._start and self._anchor_term is not None and low < high:
+                anchor = [(_ANCHOR_COMMAND, low, self._anchor_term)]
+                low += 1
             entries = self._store.log_entries(low, high)
         if entries is None:
             raise IndexError(f"raft indices [{low}, {high}) are not all in the store")
-        return [(_command_of_entry(entry), low + k, entry.term) for k, entry in enumerate(entries)]
+        return anchor + [
+            (_command_of_entry(entry), low + k, entry.term) for k, entry in enumerate(entries)
+        ]
 
     def _remember(self, entry: PysyncobjEntry) -> None:
         self._recent[entry[1]] = entry
@@ -334,7 +505,7 @@ class StoreJournal(Journal):  # type: ignore[misc]
                 )
             entry = _entry_of_command(command, term)
             if idx <= self._stored_last:
-                stored_term = self._store.term_at(idx)
+                stored_term = self._term_of(idx)
                 if stored_term == term:
                     # The same index and term: the same entry (Raft's log matching).
                     self.counters["skipped_matching"] += 1
@@ -345,6 +516,8 @@ class StoreJournal(Journal):  # type: ignore[misc]
                 self._stored_last = idx
                 self._dirty = True
                 self.counters["appended"] += 1
+                if entry.val_type is _CONF:
+                    self._conf[idx] = command
             self._tail = min(max(self._tail, idx), self._stored_last)
             self._remember((command, idx, term))
 
@@ -360,19 +533,29 @@ class StoreJournal(Journal):  # type: ignore[misc]
             self.failure = error
             logger.critical("%s", error)
             raise error
+        if idx == self._start:
+            raise ClusterError(f"a conflict at the anchor {idx}, which is committed")
         self._store.write_at(idx, entry)
         self._stored_last = idx
         self._dirty = True
         self._forget_from(idx)
+        for stale in [i for i in self._conf if i >= idx]:
+            del self._conf[stale]
+        if entry.val_type is _CONF:
+            self._conf[idx] = entry.value
         self.counters["truncations"] += 1
         if self.on_truncate is not None:
             self.on_truncate(idx)
 
     def clear(self) -> None:
-        raise ClusterError(
-            "pysyncobj asked to clear the journal (a snapshot install): snapshots are "
-            "switched off in the segstore host; members catch up by log replay"
-        )
+        # pysyncobj clears the journal after a snapshot install and then adds the
+        # snapshot's entries; the install already reset the journal to the anchor.
+        with self._lock:
+            if not self._expect_clear:
+                raise ClusterError(
+                    "pysyncobj asked to clear the journal outside a snapshot install"
+                )
+            self._expect_clear = False
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         with self._lock:
@@ -386,7 +569,7 @@ class StoreJournal(Journal):  # type: ignore[misc]
     def deleteEntriesTo(self, entryTo: int) -> None:
         raise ClusterError(
             "pysyncobj asked to compact the journal: its compaction keeps two entries "
-            "and is switched off in the segstore host"
+            "and is switched off in the segstore host (the host compacts the store)"
         )
 
     def __getitem__(self, item: Any) -> Any:
@@ -430,6 +613,111 @@ class StoreJournal(Journal):  # type: ignore[misc]
         pass  # the host saves the commit index after its flush
 
 
+# -- snapshots -----------------------------------------------------------------------
+
+
+class SnapshotTransfer:
+    """Stands in for pysyncobj's ``Serializer``: ships SegmentedStateMachine snapshots.
+
+    pysyncobj sends a follower whose next index is at or below the leader's first
+    journal entry a snapshot: it calls ``getTransmissionData(node)`` until a chunk says
+    it is the last, and the follower hands each chunk to ``setTransmissionData``; when
+    that returns True it calls ``deserialize()``, clears its journal, adds the two
+    entries it returns and takes the members it returns. pysyncobj's own compaction
+    (``checkSerializing`` / ``serialize``) is never used: the host compacts the store.
+
+    A chunk is ``({"index", "term", "members", "obj", "data"}, is_first, is_last)``:
+    one :data:`~segstore.raft.segmented_state_machine.SNAPSHOT_CHUNK_BYTES` object of
+    the snapshot blob (``read_logical_snp_obj``), with the snapshot's last index, its
+    term and the members as of it.
+    """
+
+    def __init__(self, host: PysyncobjHost) -> None:
+        self._host = host
+        self._sending: dict[Any, tuple[int, int]] = {}  # node -> (snapshot index, next obj)
+        self._receiving: tuple[int, int, int] | None = None  # (index, term, next obj)
+        self._members: list[str] = []
+        self._loaded: tuple[Any, ...] | None = None
+
+    # pysyncobj's compaction: never started (the host compacts the store itself).
+    def checkSerializing(self) -> tuple[int, None]:
+        return SERIALIZER_STATE.NOT_SERIALIZING, None
+
+    def serialize(self, data: Any, id: Any) -> None:
+        logger.error("pysyncobj tried its own log compaction; ignored")
+
+    def deserialize(self) -> tuple[Any, ...]:
+        if self._loaded is None:
+            raise ClusterError("pysyncobj loads a snapshot that was not installed")
+        loaded, self._loaded = self._loaded, None
+        return loaded
+
+    def cancelTransmisstion(self, node: Any) -> None:  # sic: pysyncobj's name
+        self._sending.pop(node, None)
+
+    # -- the leader ------------------------------------------------------------------
+
+    def getTransmissionData(self, node: Any) -> tuple[dict[str, Any], bool, bool] | None:
+        """The next chunk for ``node``, or None while no snapshot is ready."""
+        host = self._host
+        snapshot = host.snapshot_for_sending()
+        if snapshot is None:
+            self._sending.pop(node, None)
+            return None
+        index, obj = self._sending.get(node, (snapshot.last_log_idx, 0))
+        if index != snapshot.last_log_idx:
+            index, obj = snapshot.last_log_idx, 0  # a newer snapshot replaced it: restart
+        try:
+            chunk = host.state_machine.read_logical_snp_obj(snapshot, None, obj)
+        except Exception as exc:
+            logger.warning("snapshot %d object %d unreadable: %s", index, obj, exc)
+            self._sending.pop(node, None)
+            return None
+        if chunk.is_last_obj:
+            self._sending.pop(node, None)
+            host.counters["snapshots_sent"] += 1
+        else:
+            self._sending[node] = (index, obj + 1)
+        payload = {
+            "index": index,
+            "term": snapshot.last_log_term,
+            "members": [server.endpoint for server in snapshot.last_config.servers],
+            "obj": obj,
+            "data": bytes(chunk.data),
+        }
+        return payload, obj == 0, chunk.is_last_obj
+
+    # -- the follower ----------------------------------------------------------------
+
+    def setTransmissionData(self, data: Any) -> bool:
+        """Collect one chunk; on the last, install the snapshot (True if installed)."""
+        if data is None:
+            return False
+        payload, is_first, is_last = data
+        index, term, obj = int(payload["index"]), int(payload["term"]), int(payload["obj"])
+        if is_first:
+            self._receiving = (index, term, 0)
+            self._members = [str(member) for member in payload["members"]]
+        expected = self._receiving
+        if expected is None or expected[:2] != (index, term) or expected[2] != obj:
+            self._receiving = None  # a chunk is missing: wait for the next first one
+            return False
+        snapshot = self._host.snapshot_meta(index, term, self._members)
+        self._host.state_machine.save_logical_snp_obj(
+            snapshot, obj, payload["data"], is_first, is_last
+        )
+        self._receiving = (index, term, obj + 1)
+        if not is_last:
+            return False
+        self._receiving = None
+        if not self._host.install_snapshot(snapshot, frozenset(self._members)):
+            return False
+        anchor = (_ANCHOR_COMMAND, index, term)
+        others = [m for m in self._members if m != self._host.endpoint]
+        self._loaded = (None, anchor, anchor, others)
+        return True
+
+
 # -- the transport -------------------------------------------------------------------
 
 
@@ -450,6 +738,8 @@ class GroupCommitTransport(TCPTransport):  # type: ignore[misc]
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node: Any, message: Any) -> bool:
+        if self._journal.failure is not None:
+            return False  # fail-stop: nothing leaves a stopped member
         if self._outbox or self._journal.dirty:
             self._outbox.append((node, message))
             self.held_messages += 1
@@ -498,15 +788,49 @@ class PysyncobjHost(RaftHost):
         append_period_s: float = 0.01,
         election_timeout_s: tuple[float, float] = (1.0, 2.5),
         append_batch_bytes: int = 1 << 18,
+        reserved_log_items: int = RESERVED_LOG_ITEMS,
+        compaction_interval_s: float = COMPACTION_INTERVAL_S,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         if endpoint in peers:
             raise InvalidArgumentError(f"endpoint {endpoint!r} is also named as a peer")
+        if isinstance(reserved_log_items, bool) or not isinstance(reserved_log_items, int):
+            raise InvalidArgumentError(
+                f"reserved_log_items must be an int, not {reserved_log_items!r}"
+            )
+        if reserved_log_items < 0:
+            raise InvalidArgumentError(f"reserved_log_items must be >= 0, not {reserved_log_items}")
         self.endpoint = endpoint
-        self._peers = tuple(peers)
         self._store = store
         self._sm = state_machine
-        self.journal = StoreJournal(store, state_mgr)
+        self._state_mgr = state_mgr
+        last = state_machine.last_snapshot()
+        self.journal = StoreJournal(
+            store,
+            state_mgr,
+            snapshot=None if last is None else (last.last_log_idx, last.last_log_term),
+            initial_members=(endpoint, *peers),
+        )
+        # After a compaction or a snapshot the membership commands below the anchor
+        # are gone: the saved membership as of the anchor replaces the given peers.
+        if state_mgr.members() is not None:
+            peers = sorted(self.journal.members_at(self.journal.start_index) - {endpoint})
+        self._peers = tuple(peers)
+        self._reserved_log_items = reserved_log_items
+        self._compaction_interval_s = compaction_interval_s
+        self._compaction_limit = 0
+        self._compacted_at = 0.0
+        self._store_compact_to = 0  # the background thread compacts the store below it
+        self._snapshot_request: Snapshot | None = None
+        self._hold_handoff = False
+        self._installed_snapshot_index = 0
+        self.counters: dict[str, int] = {
+            "compactions": 0,
+            "snapshots_created": 0,
+            "snapshots_sent": 0,
+            "snapshots_installed": 0,
+            "snapshots_ignored": 0,
+        }
         self._handed = state_machine.last_commit_index()
         self._password = password
         self._tick_period_s = tick_period_s
@@ -523,15 +847,23 @@ class PysyncobjHost(RaftHost):
         self._notifier: Any = None
         self._appended_sent = 0
         self._stop_saver = threading.Event()
+        self._wake_saver = threading.Event()
         self._saver: threading.Thread | None = None
+
+    @property
+    def state_machine(self) -> SegmentedStateMachine:
+        """The state machine this host feeds."""
+        return self._sm
 
     # -- lifetime ----------------------------------------------------------------------
 
     def start(self) -> None:
         token = register_journal(self.journal)
+        transfer_token = register_transfer(SnapshotTransfer(self))
         low, high = self._election_timeout_s
         conf = SyncObjConf(
             journalFile=token,
+            fullDumpFile=transfer_token,
             password=self._password,
             autoTick=True,
             autoTickPeriod=self._tick_period_s,
@@ -557,30 +889,118 @@ class PysyncobjHost(RaftHost):
         finally:
             with _pending_lock:
                 _pending_journals.pop(token, None)
+                _pending_transfers.pop(transfer_token, None)
         self._transport = self._syncobj._SyncObj__transport
         self._syncobj.addOnTickCallback(self._on_tick)
         self._saver = threading.Thread(
-            target=self._save_commits, name="segstore-commit-saver", daemon=True
+            target=self._background, name="segstore-host-background", daemon=True
         )
         self._saver.start()
 
-    def _save_commits(self) -> None:
-        """Save the commit index off the tick thread (a file write with two fsyncs
-        takes longer than a tick); it is only pysyncobj's starting point on restart."""
-        while not self._stop_saver.wait(COMMIT_SAVE_INTERVAL_S):
+    def _background(self) -> None:
+        """Work that must stay off the tick thread (each is a file write with fsyncs,
+        or waits for the applier): save the commit index (only pysyncobj's starting
+        point on restart), compact the store below the anchor, create a snapshot."""
+        while not self._stop_saver.is_set():
+            self._wake_saver.wait(COMMIT_SAVE_INTERVAL_S)
+            self._wake_saver.clear()
+            if self._stop_saver.is_set():
+                return
             if self._failed is not None or self.journal.failure is not None:
                 return
             try:
                 self.journal.save_commit_index(force=True)
+                below = self._store_compact_to
+                if below >= self._store.start_index():
+                    self._store.compact(below)
+                    self.counters["compactions"] += 1
+                request = self._snapshot_request
+                if request is not None:
+                    self._create_snapshot(request)
             except Exception as exc:  # a failed save must not pass silently
                 self._fail(exc)
                 return
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def snapshot_meta(self, index: int, term: int, members: Sequence[str]) -> Snapshot:
+        """A :class:`Snapshot` at ``index`` whose config lists ``members`` (pysyncobj
+        names members by address: the ids are their 1-based rank)."""
+        servers = tuple(
+            ServerConfig(rank + 1, member) for rank, member in enumerate(sorted(members))
+        )
+        return Snapshot(index, term, ClusterConfig(log_idx=index, servers=servers))
+
+    def snapshot_for_sending(self) -> Snapshot | None:
+        """The snapshot a follower behind the anchor gets (tick thread), or None while
+        one is being created: the latest one if it reaches the anchor, else a new one
+        at the handed-off index is asked of the background thread."""
+        last = self._sm.last_snapshot()
+        if last is not None and last.last_log_idx >= self.journal.start_index:
+            return last
+        if self._snapshot_request is None and not self._hold_handoff:
+            index = self._handed
+            if index < self.journal.start_index:
+                return None
+            term = self.journal.entry(index)[2]
+            # No hand-off until it is taken: create_snapshot needs the applier's
+            # commit index to be exactly the snapshot's.
+            self._hold_handoff = True
+            self._snapshot_request = self.snapshot_meta(
+                index, term, sorted(self.journal.members_at(index))
+            )
+            self._wake_saver.set()
+        return None
+
+    def _create_snapshot(self, snapshot: Snapshot) -> None:
+        outcome: list[BaseException | None] = []
+
+        def done(ok: bool, error: BaseException | None) -> None:
+            outcome.append(None if ok else error)
+
+        try:
+            self._sm.create_snapshot(snapshot, done)
+        finally:
+            self._snapshot_request = None
+            self._hold_handoff = False
+        if outcome and outcome[0] is None:
+            self.counters["snapshots_created"] += 1
+        else:
+            logger.warning("snapshot at %d failed: %s", snapshot.last_log_idx, outcome)
+
+    def install_snapshot(self, snapshot: Snapshot, members: frozenset[str]) -> bool:
+        """Install a snapshot received from the leader (tick thread); False if this
+        member already holds its last entry (then the log goes on as it is)."""
+        index, term = snapshot.last_log_idx, snapshot.last_log_term
+        journal = self.journal
+        if journal.has_entry(index, term):
+            self.counters["snapshots_ignored"] += 1
+            return False
+        if index <= journal.commit_index:
+            error = TruncationRefusedError(
+                index,
+                journal.commit_index,
+                f"a snapshot of term {term} would replace committed entries",
+            )
+            journal.failure = error
+            raise error
+        # Entries after the snapshot's last one are cut with it: this member does not
+        # hold entry `index` with its term, so they are not the leader's (log matching).
+        self._state_mgr.save_members(index, sorted(members))
+        self._sm.apply_snapshot(snapshot)
+        journal.reset_to_snapshot(index, term, members)
+        self._handed = index
+        self._installed_snapshot_index = index
+        self.counters["snapshots_installed"] += 1
+        logger.info("%s installed a snapshot up to %d", self.endpoint, index)
+        return True
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._stop_saver.set()
+        self._wake_saver.set()
         if self._saver is not None:
             self._saver.join()
         if self._syncobj is not None:
@@ -631,6 +1051,9 @@ class PysyncobjHost(RaftHost):
     def status(self) -> HostStatus:
         return self._status
 
+    def compact(self, required_raft_index: int) -> None:
+        self._compaction_limit = max(self._compaction_limit, int(required_raft_index))
+
     # -- the tick ----------------------------------------------------------------------
 
     def _on_tick(self) -> None:
@@ -654,6 +1077,14 @@ class PysyncobjHost(RaftHost):
                 self._syncobj._SyncObj__sendAppendEntries()
             self._hand_committed()
             now = time.monotonic()
+            syncobj = self._syncobj
+            if syncobj._SyncObj__raftLastApplied < self.journal.start_index:
+                # After a restart or an install: entries up to the anchor are applied
+                # (pysyncobj would otherwise look for them from index 2 on, forever).
+                syncobj._SyncObj__raftLastApplied = self.journal.start_index
+            if now - self._compacted_at >= self._compaction_interval_s:
+                self._compacted_at = now
+                self._compact_journal(int(syncobj._SyncObj__raftLastApplied))
             if now - self._status_at >= STATUS_INTERVAL_S:
                 self._status_at = now
                 self._status = self._snapshot_status()
@@ -662,8 +1093,24 @@ class PysyncobjHost(RaftHost):
         except BaseException as exc:
             self._fail(exc)
 
+    def _compact_journal(self, last_applied: int) -> None:
+        """Move the anchor up to ``min(node's watermark, commit - reserved tail,
+        handed off, applied by pysyncobj)``; the store follows in the background."""
+        journal = self.journal
+        target = min(
+            self._compaction_limit,
+            journal.commit_index - self._reserved_log_items,
+            self._handed,
+            last_applied,
+        )
+        if target > journal.start_index and journal.compact_to(target):
+            self._store_compact_to = target - 1
+            self._wake_saver.set()
+
     def _hand_committed(self) -> None:
         """Hand newly committed, durable entries to the state machine (one batch)."""
+        if self._hold_handoff:
+            return
         target = min(self.journal.commit_index, self._store.last_durable_index())
         if target > self._handed:
             self._sm.commit_range(self._handed + 1, target + 1)
@@ -684,8 +1131,10 @@ class PysyncobjHost(RaftHost):
         others = [node.id for node in syncobj.otherNodes]
         leader = raw.get("leader")
         counters = dict(self.journal.counters)
+        counters.update(self.counters)
         if self._transport is not None:
             counters["held_messages"] = self._transport.held_messages
+        last = self._sm.last_snapshot()
         return HostStatus(
             endpoint=self.endpoint,
             leader=None if leader is None else str(leader.id),
@@ -700,6 +1149,9 @@ class PysyncobjHost(RaftHost):
             connected={node: raw.get("partner_node_status_server_" + node) == 2 for node in others},
             failed=self._failed or (None if self.journal.failure is None else "journal"),
             counters=counters,
+            log_start_index=self.journal.start_index,
+            snapshot_index=0 if last is None else last.last_log_idx,
+            installed_snapshot_index=self._installed_snapshot_index,
         )
 
 
