@@ -31,9 +31,16 @@ class. This module maps both onto segstore (docs/CLUSTER.md has the reasoning):
   ``request_vote`` or ``response_vote`` that depends on them.
 * **Commit index** is kept monotone here (pysyncobj's own can move backwards), and
   saved at most every :data:`COMMIT_SAVE_INTERVAL_S`, never above the durable index.
-* **Compaction and snapshots** go through pysyncobj's serializer, which pickles the
-  whole ``SyncObj`` and keeps two log entries; it is switched off (the journal refuses
-  ``deleteEntriesTo`` and ``clear``), so a member catches up by replaying the log.
+* **Compaction** is the host's, not pysyncobj's (which pickles the whole ``SyncObj``
+  and keeps two entries: switched off, ``deleteEntriesTo`` refused). Position 0 is an
+  *anchor*: the host moves it up to ``min(node watermark, commit - reserved tail,
+  handed off, applied)`` on the tick thread and compacts the store below it in the
+  background. The membership as of the anchor is saved in the state file first.
+* **Snapshots**: a follower behind the anchor gets, through pysyncobj's own snapshot
+  messages, a :class:`SnapshotTransfer` (which stands in for its ``Serializer``)
+  shipping a ``SegmentedStateMachine`` snapshot in objects; the follower installs it
+  with ``save_logical_snp_obj`` + ``apply_snapshot`` and its journal becomes the
+  snapshot's anchor alone (the ``clear()`` pysyncobj then calls is expected).
 
 :class:`GroupCommitTransport` is the TCP transport with group commit: while the journal
 holds appends that are not durable, every outgoing message waits in an outbox; once per
