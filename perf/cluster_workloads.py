@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from segstore.node_process import ControlledProcess, NodeProcessError, free_ports
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
@@ -46,83 +44,11 @@ LIGHT_WINDOW = 4
 Metrics = dict[str, float]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-class ProcNode:
-    """One node process answering JSON-line commands."""
-
-    def __init__(self, command: list[str], name: str, log: Path) -> None:
-        self.command = command
-        self.name = name
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-        self._replies: queue.Queue[str | None] = queue.Queue()
-
-    def start(self) -> ProcNode:
-        self._replies = queue.Queue()
-        with open(self.log, "a") as err:
-            self.proc = subprocess.Popen(
-                self.command,
-                cwd=REPO_ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                bufsize=1,
-            )
-        threading.Thread(target=self._read, args=(self.proc, self._replies), daemon=True).start()
-        return self
-
-    @staticmethod
-    def _read(proc: subprocess.Popen[str], replies: queue.Queue[str | None]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            replies.put(line)
-        replies.put(None)
-
-    def call(self, op: str, timeout: float = 120.0, **args: Any) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
-        line = self._replies.get(timeout=timeout)
-        if line is None:
-            raise RuntimeError(f"{self.name} exited; see {self.log}")
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError(f"{self.name}: {op}: {reply.get('error')}")
-        return reply
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            self.call("close", timeout=60)
-            self.proc.wait(timeout=30)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
 def _addresses(count: int) -> list[str]:
     return [f"127.0.0.1:{port}" for port in free_ports(count)]
 
 
-def segstore_cluster(root: Path, *, tick_ms: float, append_ms: float) -> list[ProcNode]:
+def segstore_cluster(root: Path, *, tick_ms: float, append_ms: float) -> list[ControlledProcess]:
     """Three ``segstore node --control`` processes."""
     addresses = _addresses(3)
     nodes = []
@@ -149,11 +75,15 @@ def segstore_cluster(root: Path, *, tick_ms: float, append_ms: float) -> list[Pr
         for peer in addresses:
             if peer != address:
                 command += ["--peer", peer]
-        nodes.append(ProcNode(command, f"segstore-{i + 1}", root / f"n{i + 1}.stderr").start())
+        nodes.append(
+            ControlledProcess(command, f"segstore-{i + 1}", root / f"n{i + 1}.stderr").start()
+        )
     return nodes
 
 
-def stock_cluster(root: Path, *, journal: str, tick_ms: float, append_ms: float) -> list[ProcNode]:
+def stock_cluster(
+    root: Path, *, journal: str, tick_ms: float, append_ms: float
+) -> list[ControlledProcess]:
     """Three stock pysyncobj processes (``journal``: memory or file)."""
     addresses = _addresses(3)
     nodes = []
@@ -178,11 +108,11 @@ def stock_cluster(root: Path, *, journal: str, tick_ms: float, append_ms: float)
             if peer != address:
                 command += ["--peer", peer]
         name = f"stock-{journal}-{i + 1}"
-        nodes.append(ProcNode(command, name, root / f"{name}.stderr").start())
+        nodes.append(ControlledProcess(command, name, root / f"{name}.stderr").start())
     return nodes
 
 
-def leader_of(nodes: list[ProcNode], timeout: float = 60.0) -> ProcNode:
+def leader_of(nodes: list[ControlledProcess], timeout: float = 60.0) -> ControlledProcess:
     """The node every live node agrees is the leader."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,7 +127,7 @@ def leader_of(nodes: list[ProcNode], timeout: float = 60.0) -> ProcNode:
     raise TimeoutError("no agreed leader")
 
 
-def run_load(node: ProcNode, count: int, window: int, tag: str) -> Metrics:
+def run_load(node: ControlledProcess, count: int, window: int, tag: str) -> Metrics:
     """``count`` submissions through ``node``; throughput and latency percentiles."""
     node.call(
         "load",
@@ -217,7 +147,7 @@ def run_load(node: ProcNode, count: int, window: int, tag: str) -> Metrics:
     }
 
 
-def failover_seconds(nodes: list[ProcNode]) -> float:
+def failover_seconds(nodes: list[ControlledProcess]) -> float:
     """SIGKILL the leader; seconds until a submission through a survivor applies."""
     leader = leader_of(nodes)
     survivors = [node for node in nodes if node is not leader]
@@ -228,7 +158,7 @@ def failover_seconds(nodes: list[ProcNode]) -> float:
         try:
             survivor.call("submit", partition=0, payload="failover", timeout_s=60)
             break
-        except RuntimeError:
+        except NodeProcessError:
             if time.monotonic() - killed_at > 120:
                 raise
             time.sleep(0.01)

@@ -62,6 +62,19 @@ Usage:
       The Aof alone: append N records (default 1,000,000) with group commit,
       reopen, verify every CRC, and print throughput, recovery time and a dump
       summary.
+  segstore node --id N --dir DIR --address HOST:PORT [--peer HOST:PORT ...]
+               [--partitions N] [--password-env VAR] [--control] [--tick-ms MS]
+               [--append-ms MS] [--reserved-log-items N] [--compaction-interval-s S]
+      One member of a multi-node cluster (issue #5, docs/CLUSTER.md) over pysyncobj,
+      with the built-in recording state machine in every partition. Prints a status
+      line every second until SIGINT or SIGTERM, then closes cleanly. --control reads
+      JSON-line commands on stdin instead (status, submit, load, load_wait, digest,
+      payloads, add_member, remove_member, wait_leader, close) and answers one JSON
+      line each: what the cluster demo, tests and benchmarks drive. A non-loopback
+      address is refused unless a password is set (read from the environment
+      variable named by --password-env): the transport exchanges pickles.
+      --reserved-log-items: log entries kept below the commit index when compacting;
+      --compaction-interval-s: how often the node compacts.
 
 The tools open everything readonly and take each Aof's lock: stop the process using
 the store first. Progress bars appear only on a terminal.
@@ -116,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--control", action="store_true", help="JSON-line commands on stdin")
     node.add_argument("--tick-ms", type=float, default=5.0, help="engine tick period")
     node.add_argument("--append-ms", type=float, default=10.0, help="append batching period")
+    node.add_argument(
+        "--reserved-log-items", type=int, default=None, help="log entries kept below commit"
+    )
+    node.add_argument(
+        "--compaction-interval-s", type=float, default=None, help="seconds between compactions"
+    )
     return parser
 
 
@@ -158,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 control=args.control,
                 tick_period_s=args.tick_ms / 1000,
                 append_period_s=args.append_ms / 1000,
+                reserved_log_items=args.reserved_log_items,
+                compaction_interval_s=args.compaction_interval_s,
             )
         if args.aof:
             from segstore.aof_demo import run_aof_demo

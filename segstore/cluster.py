@@ -79,11 +79,6 @@ QUORUM_INTERVAL_S: Final = 0.1
 """How often committed entries are landed in the AckTracker and acks fed (each pass
 costs a numpy search per partition: not per tick)."""
 LAND_BATCH_MAX: Final = 1 << 14
-ROUTER_IDLE_CHECKS: Final = 3
-"""Checkpoint intervals the router's term may hold the watermark unmoved before the
-node checkpoints the partition logs itself."""
-ENV_RESERVED_LOG_ITEMS: Final = "SEGSTORE_RESERVED_LOG_ITEMS"
-ENV_COMPACTION_INTERVAL_S: Final = "SEGSTORE_COMPACTION_INTERVAL_S"
 
 
 class RequestResult(NamedTuple):
@@ -302,8 +297,6 @@ class Node:
         self._host: RaftHost | None = None
         self._maintenance: threading.Thread | None = None
         self._processed = 0
-        self._router_term = 0
-        self._router_still = 0
         self._members: tuple[str, ...] = ()
         self.acks = AckTracker([address, *peers])
         """Quorum per partition, fed with the leader's match indices."""
@@ -600,24 +593,6 @@ class Node:
         routed_required, _ = store.required_raft_indices()
         return min(routed_required, sm.applier.required_raft_index(), self._quorum_required())
 
-    def _nudge_router(self) -> None:
-        """Checkpoint the partition logs when the router's term holds the watermark
-        and has not moved for ROUTER_IDLE_CHECKS checks: the store's router checkpoints
-        only when new records wake it, so once the load stops its last batch would
-        hold the log (and compaction) back until the next write."""
-        store, sm = self._store, self._sm
-        if store is None or sm is None:
-            return
-        router, _ = store.required_raft_indices()
-        others = min(sm.applier.required_raft_index(), self._quorum_required())
-        if router < others and router == self._router_term:
-            self._router_still += 1
-            if self._router_still >= ROUTER_IDLE_CHECKS:
-                store.sync_partitions()
-                self._router_still = 0
-        else:
-            self._router_term, self._router_still = router, 0
-
     def _store_required(self) -> tuple[int, dict[int, int]]:
         store = self._store
         if store is None:
@@ -658,7 +633,6 @@ class Node:
                     last_checkpoint = now
                     if self._sm is not None and self._host is not None:
                         self._sm.applier.checkpoint()
-                        self._nudge_router()
                         self._host.compact(self.watermark())
             except Exception as exc:  # keep the node observable; status shows it
                 print(f"segstore node {self.node_id}: maintenance: {exc!r}", file=sys.stderr)
@@ -922,16 +896,9 @@ def run_node(
     printing a status line every second (or serving ``--control`` on stdin/stdout)
     until stdin closes (``--control``) or SIGINT / SIGTERM.
 
-    ``reserved_log_items`` and ``compaction_interval_s`` default to the environment
-    variables ``SEGSTORE_RESERVED_LOG_ITEMS`` and ``SEGSTORE_COMPACTION_INTERVAL_S``
-    when set (the ``segstore node`` command line has no flags for them yet), else to
-    the host's defaults."""
+    ``reserved_log_items`` and ``compaction_interval_s``: None keeps the node's
+    defaults."""
     import signal
-
-    if reserved_log_items is None and os.environ.get(ENV_RESERVED_LOG_ITEMS):
-        reserved_log_items = int(os.environ[ENV_RESERVED_LOG_ITEMS])
-    if compaction_interval_s is None and os.environ.get(ENV_COMPACTION_INTERVAL_S):
-        compaction_interval_s = float(os.environ[ENV_COMPACTION_INTERVAL_S])
 
     node = Node(
         node_id,

@@ -1,9 +1,11 @@
 """Driving ``segstore node --control`` processes: the cluster demo, tests and benchmarks.
 
 A :class:`NodeProcess` is one real node process on loopback, driven with the JSON-line
-commands of :func:`segstore.cluster.serve_control` (one reply line per command). Replies
-are read by a thread, so a hung node makes :meth:`NodeProcess.call` time out instead of
-hanging its caller; :meth:`NodeProcess.kill9` sends SIGKILL.
+commands of :func:`segstore.cluster.serve_control` (one reply line per command); its
+base :class:`ControlledProcess` drives any such process (the cluster benchmark's stock
+pysyncobj nodes too). Replies are read by a thread, so a hung process makes
+:meth:`ControlledProcess.call` time out instead of hanging its caller;
+:meth:`ControlledProcess.kill9` sends SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from segstore.errors import SegstoreError
 
-__all__ = ["NodeProcess", "NodeProcessError", "free_ports"]
+__all__ = ["ControlledProcess", "NodeProcess", "NodeProcessError", "free_ports"]
 
 
 class NodeProcessError(SegstoreError):
@@ -40,54 +43,26 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-class NodeProcess:
-    """One ``segstore node --control`` process (start it with :meth:`start`)."""
+class ControlledProcess:
+    """A process answering JSON-line commands on stdin, one reply line each (a
+    ``segstore node --control``, or a benchmark's baseline node)."""
 
     def __init__(
-        self,
-        node_id: int,
-        data_dir: str | os.PathLike[str],
-        address: str,
-        peers: list[str],
-        partitions: int,
-        *,
-        stderr_path: str | os.PathLike[str] | None = None,
+        self, command: Sequence[str], name: str, stderr_path: str | os.PathLike[str]
     ) -> None:
-        self.node_id = node_id
-        self.data_dir = os.fspath(data_dir)
-        self.address = address
-        self.peers = list(peers)
-        self.partitions = partitions
-        self.stderr_path = os.fspath(
-            stderr_path or os.path.join(os.path.dirname(self.data_dir), f"node{node_id}.stderr")
-        )
+        self.command = list(command)
+        self.name = name
+        self.stderr_path = os.fspath(stderr_path)
         self.proc: subprocess.Popen[str] | None = None
         self._replies: queue.Queue[str | None] = queue.Queue()
 
-    def start(self) -> NodeProcess:
-        """Spawn the process (again, after a kill: same data directory)."""
-        command = [
-            sys.executable,
-            "-m",
-            "segstore.cli",
-            "node",
-            "--id",
-            str(self.node_id),
-            "--dir",
-            self.data_dir,
-            "--address",
-            self.address,
-            "--partitions",
-            str(self.partitions),
-            "--control",
-        ]
-        for peer in self.peers:
-            command += ["--peer", peer]
+    def start(self) -> ControlledProcess:
+        """Spawn the process (again, after a kill)."""
         self._replies = queue.Queue()
         os.makedirs(os.path.dirname(self.stderr_path) or ".", exist_ok=True)
         with open(self.stderr_path, "a") as log:
             self.proc = subprocess.Popen(
-                command,
+                self.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -113,23 +88,21 @@ class NodeProcess:
         """Send one command; return its reply (NodeProcessError on an error reply, an
         exited process or a timeout)."""
         if self.proc is None or self.proc.stdin is None:
-            raise NodeProcessError(f"node {self.node_id} was not started")
+            raise NodeProcessError(f"{self.name} was not started")
         try:
             self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
             self.proc.stdin.flush()
         except OSError as exc:
-            raise NodeProcessError(f"node {self.node_id} is gone ({exc})") from exc
+            raise NodeProcessError(f"{self.name} is gone ({exc})") from exc
         try:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
-            raise NodeProcessError(
-                f"node {self.node_id}: no reply to {op} in {timeout} s"
-            ) from None
+            raise NodeProcessError(f"{self.name}: no reply to {op} in {timeout} s") from None
         if line is None:
-            raise NodeProcessError(f"node {self.node_id} exited; stderr in {self.stderr_path}")
+            raise NodeProcessError(f"{self.name} exited; stderr in {self.stderr_path}")
         reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
-            raise NodeProcessError(f"node {self.node_id}: {op} failed: {reply.get('error')}")
+            raise NodeProcessError(f"{self.name}: {op} failed: {reply.get('error')}")
         return reply
 
     def kill9(self) -> None:
@@ -139,7 +112,7 @@ class NodeProcess:
             self.proc.wait(timeout=30)
 
     def close(self) -> None:
-        """Close cleanly (the node checkpoints), or kill it if it does not answer."""
+        """Send ``close`` (a node checkpoints), or kill it if it does not answer."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -148,3 +121,45 @@ class NodeProcess:
         except (NodeProcessError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+class NodeProcess(ControlledProcess):
+    """One ``segstore node --control`` process (start it with :meth:`start`)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        data_dir: str | os.PathLike[str],
+        address: str,
+        peers: Sequence[str],
+        partitions: int,
+        *,
+        extra_args: Sequence[str] = (),
+        stderr_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``extra_args``: more ``segstore node`` options (``--reserved-log-items``...);
+        stderr goes to ``node<id>.stderr`` beside the data directory by default."""
+        self.node_id = node_id
+        self.data_dir = os.fspath(data_dir)
+        self.address = address
+        self.peers = list(peers)
+        self.partitions = partitions
+        command = [
+            sys.executable,
+            "-m",
+            "segstore.cli",
+            "node",
+            "--id",
+            str(node_id),
+            "--dir",
+            self.data_dir,
+            "--address",
+            address,
+            "--partitions",
+            str(partitions),
+            "--control",
+        ]
+        for peer in self.peers:
+            command += ["--peer", peer]
+        default_stderr = os.path.join(os.path.dirname(self.data_dir), f"node{node_id}.stderr")
+        super().__init__([*command, *extra_args], f"node {node_id}", stderr_path or default_stderr)

@@ -1,6 +1,6 @@
 """Log compaction and snapshot catch-up in a cluster (issue #5 section 2).
 
-Node processes run with a small reserved tail (``SEGSTORE_RESERVED_LOG_ITEMS``), so
+Node processes run with a small reserved tail (``segstore node --reserved-log-items``), so
 every node compacts its store below ``min(watermark, commit - reserved)`` within a
 few hundred submissions. A member whose next entry the leader no longer holds (a new
 member, or a follower kept down past the compaction) must catch up from a
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cluster_helpers import (
     NodeProcess,
-    compaction_env,
+    compaction_args,
     free_ports,
     read_acked,
     start_cluster,
@@ -75,7 +75,7 @@ def _check_exactly_once(nodes: list[NodeProcess], acked: list[str]) -> None:
 
 @pytest.mark.timeout(180)
 def test_small_reserved_tail_compacts_every_node_and_loses_nothing(tmp_path: Path) -> None:
-    nodes = start_cluster(tmp_path, 3, PARTITIONS, compaction_env(RESERVED))
+    nodes = start_cluster(tmp_path, 3, PARTITIONS, compaction_args(RESERVED))
     try:
         wait_leader(nodes)
         files = [_load(nodes[0], LOAD, "a", tmp_path)]
@@ -109,14 +109,21 @@ def test_small_reserved_tail_compacts_every_node_and_loses_nothing(tmp_path: Pat
 
 @pytest.mark.timeout(180)
 def test_fourth_node_joins_after_compaction_by_snapshot(tmp_path: Path) -> None:
-    env = compaction_env(RESERVED)
+    env = compaction_args(RESERVED)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(4)]
     first = addresses[:3]
     nodes = [
-        NodeProcess(i + 1, tmp_path / f"n{i + 1}", a, [b for b in first if b != a], PARTITIONS, env)
+        NodeProcess(
+            i + 1,
+            tmp_path / f"n{i + 1}",
+            a,
+            [b for b in first if b != a],
+            PARTITIONS,
+            extra_args=env,
+        )
         for i, a in enumerate(first)
     ]
-    joiner = NodeProcess(4, tmp_path / "n4", addresses[3], first, PARTITIONS, env)
+    joiner = NodeProcess(4, tmp_path / "n4", addresses[3], first, PARTITIONS, extra_args=env)
     try:
         for node in nodes:
             node.start()
@@ -159,7 +166,7 @@ def test_fourth_node_joins_after_compaction_by_snapshot(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_follower_down_past_compaction_catches_up_by_snapshot(tmp_path: Path) -> None:
-    nodes = start_cluster(tmp_path, 3, PARTITIONS, compaction_env(RESERVED))
+    nodes = start_cluster(tmp_path, 3, PARTITIONS, compaction_args(RESERVED))
     try:
         leader_address = wait_leader(nodes)
         leader = next(node for node in nodes if node.address == leader_address)

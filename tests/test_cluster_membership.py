@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cluster_helpers import NodeProcess, free_ports, wait_converged, wait_leader
 
+from segstore.node_process import NodeProcessError
+
 PARTITIONS = 16
 
 
@@ -63,7 +65,7 @@ def test_fourth_node_joins_catches_up_then_one_is_removed(tmp_path: Path) -> Non
         leader = wait_leader(everyone)
         removed = next(node for node in reversed(nodes) if node.address != leader)
         asker = next(n for n in everyone if n is not removed and n.address != leader)
-        with pytest.raises(RuntimeError, match="is the leader"):
+        with pytest.raises(NodeProcessError, match="is the leader"):
             asker.call("remove_member", address=leader, timeout=30, timeout_s=5)
         asker.call("remove_member", address=removed.address, timeout=90, timeout_s=60)
         remaining = [node for node in everyone if node is not removed]

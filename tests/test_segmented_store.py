@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import segstore.raft.segmented_store as segmented_store_module
 from segstore.checkpoints import CHECKPOINTS_NAME
 from segstore.errors import (
     CorruptionError,
@@ -972,3 +973,21 @@ def test_install_snapshot_cuts_entries_after_the_snapshot(tmp_path: Path) -> Non
         assert store.partition_of(5) == (1, 3)
         with pytest.raises(InvalidArgumentError):
             store.install_snapshot(9, {2: 1})  # no partition 2
+
+
+def test_an_idle_router_still_checkpoints_what_it_routed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records routed just before the writes stop are checkpointed on the router's
+    timer, not at the next write (which may never come): an idle store must not hold
+    its log and the truncation watermark back."""
+    monkeypatch.setattr(segmented_store_module, "CHECKPOINT_INTERVAL_S", 0.5)
+    with SegmentedLogStore.open(tmp_path / "store", partitions=2) as store:
+        for k in range(10):
+            store.append(app(k % 2, b"v%d" % k))
+        store.end_of_append_batch(1, 10)  # routed ~0.1 s later, before the interval
+        deadline = time.monotonic() + 10
+        while store.checkpoints.routed_raft_index() < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.checkpoints.routed_raft_index() == 10
+        assert store.required_raft_indices() == (11, {})

@@ -857,8 +857,13 @@ class SegmentedLogStore(LogStore):
         last_checkpoint = time.monotonic()
         routed_since = 0
         while not self._stopping:
-            self._route_wakeup.wait()
-            if self._stopping or self._stop.wait(ROUTE_INTERVAL_S):
+            # With routed records not yet checkpointed, wake up for the checkpoint even
+            # if no new record comes: an idle store must not hold its log (and the
+            # watermark) back until the next write.
+            woken = self._route_wakeup.wait(CHECKPOINT_INTERVAL_S if routed_since else None)
+            if self._stopping:
+                return
+            if woken and self._stop.wait(ROUTE_INTERVAL_S):
                 return  # (the wait lets durable records pile up into one batch)
             self._route_wakeup.clear()
             try:
