@@ -26,6 +26,9 @@ key (ASCII bytes)         value
                           ``last_commit_index``; absent: 0)
 ``raft_snapshot``         the latest Raft snapshot, opaque bytes written by
                           :mod:`segstore.raft.segmented_state_machine` (absent: none)
+``restart_pending``       u64 little-endian: a snapshot install at this raft index
+                          wrote the partitions' new checkpoints and has not yet
+                          restarted every partition log to match (absent: none)
 ========================  =======================================================
 
 Named database ``partitions`` (one entry per partition):
@@ -121,6 +124,7 @@ _STORE_ID_KEY = b"store_id"
 _FORMAT_VERSION_KEY = b"format_version"
 _ROUTED_KEY = b"routed_raft_index"
 _FLOOR_KEY = b"applied_raft_floor"
+_RESTART_KEY = b"restart_pending"
 _RAFT_SNAPSHOT_KEY = b"raft_snapshot"
 _U64 = struct.Struct("<Q")
 _RESERVED_OFFSET = 1
@@ -404,6 +408,11 @@ class CheckpointStore:
         """The raft index up to which every log record was routed and checkpointed."""
         return self._read_meta_u64(_ROUTED_KEY)
 
+    def restart_pending(self) -> int:
+        """The raft index of a snapshot install whose partition restarts may be
+        unfinished (0: none)."""
+        return self._read_meta_u64(_RESTART_KEY)
+
     def applied_raft_floor(self) -> int:
         """Every committed entry up to this raft index is applied and checkpointed."""
         return self._read_meta_u64(_FLOOR_KEY)
@@ -449,16 +458,23 @@ class CheckpointStore:
         updates: Mapping[int, PartitionCheckpoint],
         *,
         routed_raft_index: int | None = None,
+        restart_pending: int | None = None,
     ) -> None:
         """Store every checkpoint in ``updates`` in one durable write transaction.
 
-        ``routed_raft_index``, when given, is stored in the same transaction. Either
-        all of it is durable when this returns or, on an error, none is.
+        ``routed_raft_index`` and ``restart_pending`` (0 clears it), when given, are
+        stored in the same transaction. Either all of it is durable when this returns
+        or, on an error, none is.
         """
         routed = (
             None
             if routed_raft_index is None
             else _U64.pack(_as_uint(routed_raft_index, "routed_raft_index", 2**64 - 1))
+        )
+        restart = (
+            None
+            if restart_pending is None
+            else _as_uint(restart_pending, "restart_pending", 2**64 - 1)
         )
         if not isinstance(updates, Mapping):
             raise InvalidArgumentError(
@@ -475,7 +491,7 @@ class CheckpointStore:
                     f"not {type(checkpoint).__name__}"
                 )
             items.append((key, checkpoint.encode()))
-        if not items and routed is None:
+        if not items and routed is None and restart is None:
             return
         items.sort()  # sequential keys keep LMDB page splits cheap
 
@@ -484,6 +500,10 @@ class CheckpointStore:
             cursor.putmulti(items)
             if routed is not None:
                 txn.put(_ROUTED_KEY, routed, db=self._meta)
+            if restart:
+                txn.put(_RESTART_KEY, _U64.pack(restart), db=self._meta)
+            elif restart == 0:
+                txn.delete(_RESTART_KEY, db=self._meta)
 
         self._write_txn(apply)
 

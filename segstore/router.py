@@ -271,27 +271,49 @@ class Router:
     def restart(self, raft_index: int, next_indices: dict[int, int]) -> None:
         """Every partition restarts empty at ``next_indices[pid]`` (absent: 1, the
         partition had nothing at the snapshot) after a Raft snapshot at ``raft_index``
-        replaced the history; the log is routed through ``raft_index``. Partitions
-        first, then one checkpoint write."""
+        replaced the history; the log counts as routed through ``raft_index``.
+
+        One checkpoint transaction records the new state with a ``restart_pending``
+        marker, then the partition logs are restarted; the caller clears the marker
+        (:meth:`clear_restart`) once its own part is done, and an open that finds it
+        calls :meth:`restart_partitions` again.
+        """
         with self._lock:
             updates: dict[int, PartitionCheckpoint] = {}
             for pid in sorted(set(self._partitions.existing_ids()) | set(next_indices)):
-                with self._partitions.pinned(pid) as plog:
-                    target = next_indices.get(pid, 1)
-                    plog.restart_at(target, raft_index)
-                    self._checked.add(pid)
-                    self._next_index[pid] = target
-                    self._last_raft[pid] = raft_index if target > 1 else 0
-                    updates[pid] = PartitionCheckpoint(
-                        durable_index=target - 1,
-                        durable_raft_index=raft_index if target > 1 else 0,
-                        first_index=target,
-                    )
-            self._checkpoints.write(updates, routed_raft_index=raft_index)
+                target = next_indices.get(pid, 1)
+                updates[pid] = PartitionCheckpoint(
+                    durable_index=target - 1,
+                    durable_raft_index=raft_index if target > 1 else 0,
+                    first_index=target,
+                )
+            self._checkpoints.write(
+                updates, routed_raft_index=raft_index, restart_pending=max(raft_index, 1)
+            )
             self._checkpoint_of.update(updates)
             self._routed = self._checkpointed_routed = raft_index
+            self.restart_partitions()
+
+    def restart_partitions(self) -> None:
+        """Restart every partition log to its checkpoint: empty at ``first_index``."""
+        with self._lock:
+            for pid in sorted(set(self._partitions.existing_ids()) | set(self._checkpoint_of)):
+                checkpoint = self._checkpoint_of.get(pid)
+                target = checkpoint.first_index if checkpoint else 1
+                raft = checkpoint.durable_raft_index if checkpoint else 0
+                with self._partitions.pinned(pid) as plog:
+                    if plog.first_index != target or plog.next_index != target:
+                        plog.restart_at(target, raft)
+                    self._checked.add(pid)
+                    self._next_index[pid] = target
+                    self._last_raft[pid] = raft
             self._recheck.clear()
             self._publish_required()
+
+    def clear_restart(self) -> None:
+        """The snapshot install is complete: clear the ``restart_pending`` marker."""
+        with self._lock:
+            self._checkpoints.write({}, restart_pending=0)
 
     # -- rollback --------------------------------------------------------------------
 

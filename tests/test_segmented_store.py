@@ -18,12 +18,14 @@ import segstore.raft.segmented_store as segmented_store_module
 from segstore.checkpoints import CHECKPOINTS_NAME
 from segstore.errors import (
     CorruptionError,
+    FailedStateError,
     IndexOutOfRangeError,
     InvalidArgumentError,
     NotAStoreError,
     PartitionError,
     RecordTooLargeError,
 )
+from segstore.partitions import PartitionLogStore
 from segstore.raft import (
     NO_PARTITION,
     LogEntry,
@@ -991,3 +993,47 @@ def test_an_idle_router_still_checkpoints_what_it_routed(
             time.sleep(0.05)
         assert store.checkpoints.routed_raft_index() == 10
         assert store.required_raft_indices() == (11, {})
+
+
+def test_install_snapshot_cut_short_is_finished_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the checkpoint transaction and before every partition log was
+    restarted: the reopened store finishes the restart from the marker instead of
+    keeping stale records or calling the store corrupt."""
+    path = tmp_path / "store"
+    store = SegmentedLogStore.open(path, partitions=3)
+    for k in range(9):
+        store.append(app(k % 3, b"old%d" % k))
+    store.end_of_append_batch(1, 9)
+    store.sync_partitions()
+    real_restart = PartitionLogStore.restart_at
+    calls: list[int] = []
+
+    def crash_on_second(self: PartitionLogStore, index: int, raft: int) -> None:
+        calls.append(self.partition_id)
+        if len(calls) == 2:
+            raise OSError(5, "injected crash")
+        real_restart(self, index, raft)
+
+    monkeypatch.setattr(PartitionLogStore, "restart_at", crash_on_second)
+    with pytest.raises(OSError, match="injected crash"):
+        store.install_snapshot(30, {0: 11, 1: 6, 2: 4})
+    with pytest.raises(FailedStateError):
+        store.append(app(0, b"refused"))
+    monkeypatch.setattr(PartitionLogStore, "restart_at", real_restart)
+    with contextlib.suppress(Exception):
+        store.close()
+    with SegmentedLogStore.open(path) as store:
+        assert store.checkpoints.restart_pending() == 0
+        assert store.partition_next_indices() == {0: 11, 1: 6, 2: 4}
+        for pid, first in ((0, 11), (1, 6), (2, 4)):
+            with store.partition_log(pid) as plog:
+                assert (plog.first_index, plog.next_index) == (first, first)
+        start = store.next_slot()
+        store.append(app(1, b"new"))
+        store.end_of_append_batch(start, 1)
+        assert store.partition_of(start) == (1, 6)
+        store.sync_partitions()
+        with store.partition_log(1) as plog:
+            assert bytes(plog.read(6)) == b"new"

@@ -200,6 +200,10 @@ class SegmentedLogStore(LogStore):
                 io=io,
             )
             self._router = Router(self._log, self._partitions, self._checkpoints)
+            interrupted = self._checkpoints.restart_pending()
+            if interrupted:  # a snapshot install was cut short: finish it first
+                self._router.restart_partitions()
+                self._finish_install(interrupted)
             # Recovery's undo and redo run in the router thread (woken below): reads
             # need no partitions, and appends only the next indices, which the header
             # columns of the records not yet routed give directly.
@@ -688,10 +692,11 @@ class SegmentedLogStore(LogStore):
         empty at ``next_partition_indices[pid]`` (the snapshot's applied index + 1;
         absent: 1) so entries after the snapshot get the leader's partition indices.
 
-        Not atomic across a crash: the log is compacted first, then the partition
-        logs restarted, then one checkpoint transaction records them; a crash in
-        between is reported as corruption at the next open, and the snapshot is
-        installed again.
+        Crash-safe: one checkpoint transaction records the partitions' new state (and
+        ``routed_raft_index`` = ``last_log_index``) with a ``restart_pending`` marker
+        before anything is dropped; the marker is cleared once the partition logs are
+        restarted and the log is dropped through ``last_log_index``, and an open that
+        finds it finishes both first.
         """
         check_index("last_log_index", last_log_index)
         for pid, index in next_partition_indices.items():
@@ -706,10 +711,27 @@ class SegmentedLogStore(LogStore):
                 self._truncate_from(
                     last_log_index + 1, self._next_indices_after_truncating(last_log_index + 1)
                 )
-            self._compact_locked(last_log_index)
+            self._pending.clear()  # whatever is still buffered lies below the snapshot
+            self._rows.truncate(0)
             with self._router.paused():
-                self._router.restart(last_log_index, next_partition_indices)
+                try:
+                    self._router.restart(last_log_index, next_partition_indices)
+                    self._finish_install(last_log_index)
+                except BaseException as exc:
+                    # Half an install: a reopen finishes it from the marker.
+                    self._failure = exc
+                    raise
             self._rows.next_indices = dict(next_partition_indices)
+
+    def _finish_install(self, last_log_index: int) -> None:
+        """Drop the log through a snapshot's last index, then clear the snapshot
+        install's ``restart_pending`` marker (the partitions are restarted)."""
+        start = last_log_index + 1
+        if start > self._start_index:
+            self._log.set_user_meta({**self._log.user_meta, "start_index": start})
+            self._start_index = start
+        self._log.truncate_before(start)
+        self._router.clear_restart()
 
     def _compact_locked(self, last_log_index: int) -> None:
         start = last_log_index + 1
