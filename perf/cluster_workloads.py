@@ -189,6 +189,115 @@ def run_config(
             node.close()
 
 
+# -- profiling (py-spy, which must be installed: pip install py-spy) --------------
+
+
+def _thread_cpu(node: ControlledProcess) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``node``'s process."""
+    assert node.proc is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    task_dir = Path(f"/proc/{node.proc.pid}/task")
+    for task in task_dir.iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def profile_main(argv: list[str]) -> int:
+    """``profile``: a segstore (or stock) cluster under C1's load, every node process
+    sampled by py-spy (all threads, raw collapsed stacks); prints the heaviest frames
+    per node (self and inclusive share of the samples) and writes the raw files."""
+    import shutil
+    import subprocess
+    import tempfile
+    from collections import Counter
+
+    parser = argparse.ArgumentParser(prog="cluster_workloads.py profile")
+    parser.add_argument("--kind", choices=["segstore", "memory", "file"], default="segstore")
+    parser.add_argument("--count", type=int, default=40_000)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--tick-ms", type=float, default=5.0)
+    parser.add_argument("--append-ms", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--out", default=None, help="directory for the raw stacks")
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    scratch = Path(tempfile.mkdtemp(prefix="segstore-cluster-profile-"))
+    out = Path(args.out) if args.out else scratch / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "segstore":
+        nodes = segstore_cluster(scratch, tick_ms=args.tick_ms, append_ms=args.append_ms)
+    else:
+        nodes = stock_cluster(
+            scratch, journal=args.kind, tick_ms=args.tick_ms, append_ms=args.append_ms
+        )
+    spies = []
+    try:
+        leader = leader_of(nodes)
+        leader.call("submit", partition=0, payload="warmup", timeout_s=60)
+        for node in nodes:
+            assert node.proc is not None
+            role = "leader" if node is leader else "follower"
+            raw = out / f"{node.name}-{role}.txt"
+            command = [py_spy, "record", "--pid", str(node.proc.pid), "--threads"]
+            command += ["--format", "raw", "--nolineno", "--rate", str(args.rate)]
+            command += ["--output", str(raw), "--nonblocking"]
+            command += ["--gil"] if args.gil else []
+            spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            spies.append((spy, raw, f"{node.name} ({role})"))
+        time.sleep(1.0)
+        before = {node.name: _thread_cpu(node) for node in nodes}
+        metrics = run_load(leader, args.count, args.window, "prof")
+        print(json.dumps(metrics))
+        for node in nodes:
+            after = _thread_cpu(node)
+            used = {tid: after[tid] - before[node.name].get(tid, 0.0) for tid in after}
+            total_cpu = sum(used.values())
+            busiest = sorted(used.items(), key=lambda item: -item[1])[:8]
+            print(
+                f"{node.name}: {total_cpu:.2f} CPU-s; by thread id: "
+                + ", ".join(f"{tid} {cpu:.2f}" for tid, cpu in busiest)
+            )
+    finally:
+        for spy, _, _ in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        for spy, _, _ in spies:
+            spy.wait(timeout=60)
+        for node in nodes:
+            node.close()
+    for _, raw, label in spies:
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        threads: Counter[str] = Counter()
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            count = int(count_text)
+            frames = stack.split(";")
+            total += count
+            threads[frames[0]] += count
+            own[frames[-1]] += count
+            for frame in set(frames[1:]):
+                inclusive[frame] += count
+        print(f"\n== {label}: {total} samples ({total / args.rate:.1f} thread-s)")
+        for name, count in threads.most_common(8):
+            print(f"  thread {100 * count / total:5.1f}%  {name}")
+        print("  -- self")
+        for name, count in own.most_common(args.top):
+            print(f"  {100 * count / total:5.1f}%  {name}")
+        print("  -- inclusive")
+        for name, count in inclusive.most_common(args.top):
+            print(f"  {100 * count / total:5.1f}%  {name}")
+    print(f"\nraw stacks in {out}")
+    return 0
+
+
 # -- the stock pysyncobj node (B1/B2) ------------------------------------------------
 
 
@@ -343,5 +452,7 @@ def stock_node_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "stock-node":
         sys.exit(stock_node_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "profile":
+        sys.exit(profile_main(sys.argv[2:]))
     print(__doc__)
     sys.exit(2)
