@@ -162,13 +162,20 @@ class RecordingStateMachine(PartitionStateMachine):
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
+        # The snapshot, kept up to date by apply: the applier checkpoints (snapshots)
+        # every changed partition every checkpoint interval, so re-encoding the whole
+        # history each time would cost O(state) in Python per checkpoint.
+        self._blob = bytearray()
 
     def apply(self, partition_index: int, payload: bytes) -> int:
-        self.payloads.append(bytes(payload))
+        payload = bytes(payload)
+        self.payloads.append(payload)
+        self._blob += self._LEN.pack(len(payload))
+        self._blob += payload
         return len(self.payloads)
 
     def snapshot(self) -> bytes:
-        return b"".join(self._LEN.pack(len(p)) + p for p in self.payloads)
+        return bytes(self._blob)
 
     def restore(self, snapshot: bytes) -> None:
         payloads, offset = [], 0
@@ -177,6 +184,7 @@ class RecordingStateMachine(PartitionStateMachine):
             payloads.append(snapshot[offset + 4 : offset + 4 + size])
             offset += 4 + size
         self.payloads = payloads
+        self._blob = bytearray(snapshot)
 
     def digest(self) -> str:
         return hashlib.sha256(self.snapshot()).hexdigest()
@@ -289,6 +297,7 @@ class Node:
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._next_seq = 1
+        self._floor = 1  # no seq below it is pending (see _floor_locked)
         self._started = False
         self._closed = False
         self._stopping = threading.Event()
@@ -416,7 +425,7 @@ class Node:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
-            floor = min(self._pending, default=seq)
+            floor = self._floor_locked(seq)
             value = encode_entry(
                 partition_id, encode_request(self.client_id, seq, floor, bytes(payload))
             )
@@ -425,6 +434,15 @@ class Node:
             )
         host.submit(value, functools.partial(self._on_failed, seq))
         return future
+
+    def _floor_locked(self, seq: int) -> int:
+        """The least pending seq (``seq`` if none): every seq below it is resolved.
+        Amortised O(1): the floor only moves up, past seqs no longer pending."""
+        floor, pending = self._floor, self._pending
+        while floor < seq and floor not in pending:
+            floor += 1
+        self._floor = floor
+        return floor
 
     def _on_failed(self, seq: int, reason: str) -> None:
         """pysyncobj gave up on a submission: its outcome is unknown, so retry soon

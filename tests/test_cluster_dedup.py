@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, cast
+
 import pytest
 
 from segstore.cluster import (
     DedupStateMachine,
+    Node,
     RecordingStateMachine,
     RequestResult,
     decode_request,
@@ -62,3 +66,33 @@ def test_request_header_round_trip_and_refusal() -> None:
         decode_request(b"short")
     with pytest.raises(InvalidArgumentError):
         decode_request(b"XXXX" + data[4:])
+
+
+def test_recording_snapshot_is_the_length_prefixed_history_across_restore() -> None:
+    first = RecordingStateMachine()
+    for payload in (b"a", b"", b"ccc"):
+        first.apply(1, payload)
+    blob = first.snapshot()
+    assert blob == b"\x01\x00\x00\x00a" + b"\x00\x00\x00\x00" + b"\x03\x00\x00\x00ccc"
+    second = RecordingStateMachine()
+    second.restore(blob)
+    second.apply(4, b"dd")
+    assert second.payloads == [b"a", b"", b"ccc", b"dd"]
+    assert second.snapshot() == blob + b"\x02\x00\x00\x00dd"
+    first.apply(4, b"dd")
+    assert first.digest() == second.digest()
+
+
+def test_a_nodes_floor_is_its_least_pending_seq(tmp_path: Path) -> None:
+    node = Node(1, tmp_path, "127.0.0.1:7000", [], 4, lambda pid: RecordingStateMachine())
+    pending = cast(dict[int, Any], node._pending)
+    assert node._floor_locked(1) == 1  # nothing pending: the next seq
+    for seq in (1, 2, 3, 4):
+        pending[seq] = object()
+    assert node._floor_locked(5) == 1
+    del pending[2], pending[1]
+    assert node._floor_locked(5) == 3
+    del pending[4]
+    assert node._floor_locked(6) == 3  # 3 still pending: the floor stays
+    del pending[3]
+    assert node._floor_locked(6) == 6

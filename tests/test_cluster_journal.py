@@ -60,7 +60,8 @@ class _FakeTransport(Transport):  # type: ignore[misc]
 
 
 def _command(text: str, pid: int = 0) -> bytes:
-    return bytes((0,)) + pickle.dumps((0, (encode_entry(pid, text.encode()),)))
+    """A regular command as the host submits it: the type byte, then the value."""
+    return bytes((0,)) + encode_entry(pid, text.encode())
 
 
 def _state(tmp_path: Path, store: SegmentedLogStore) -> FileStateMgr:
@@ -125,6 +126,18 @@ def test_resent_entries_are_kept_not_rewritten(follower: Any) -> None:
     assert journal[-1][1] >= 8
 
 
+def test_pysyncobj_apply_of_a_regular_command_unpickles_nothing(follower: Any) -> None:
+    syncobj, journal, _ = follower
+    # A regular command is the type byte and our value, not a pickle: pysyncobj's own
+    # apply would fail to unpickle it; results come from the SegmentedStateMachine.
+    assert syncobj._SyncObj__doApplyCommand(_command("not a pickle")) is None
+    _append(syncobj, 1, (1, 0), [(_command(f"e{i}"), i, 1) for i in range(2, 6)], commit=5)
+    syncobj._SyncObj__raftLastApplied = 1
+    syncobj.doTick(0.0)  # pysyncobj applies entries 2..5 through the override
+    assert syncobj.raftLastApplied == 5
+    assert journal[2][0] == _command("e3")
+
+
 def test_real_conflict_above_commit_truncates_with_write_at(follower: Any) -> None:
     syncobj, journal, store = follower
     _append(syncobj, 1, (1, 0), [(_command(f"e{i}"), i, 1) for i in range(2, 12)], commit=8)
@@ -172,9 +185,7 @@ def test_restart_keeps_term_vote_and_commit(tmp_path: Path) -> None:
     assert again.getVotedForNodeId() == "127.0.0.1:3"
     assert again.getRaftCommitIndex() == 2
     assert len(again) == 2 and again[-1][2] == 5
-    assert again[1][0] == _command("a") or pickle.loads(again[1][0][1:]) == pickle.loads(
-        _command("a")[1:]
-    )
+    assert again[1][0] == _command("a")
     with pytest.raises(ValueError, match="move back"):
         _state(tmp_path, store).save_vote(4, None)
     store.close()
@@ -220,7 +231,7 @@ def test_entries_map_to_partitions_and_pysyncobj_commands(tmp_path: Path) -> Non
     assert store.partition_of(2) == (3, 1)
     assert store.entry_at(3) == LogEntry(1, membership, LogValType.conf)
     assert [e[1] for e in journal[0:3]] == [1, 2, 3]
-    assert pickle.loads(journal[1][0][1:]) == (0, (encode_entry(3, b"x"),))
+    assert journal[1][0] == bytes((0,)) + encode_entry(3, b"x")  # rebuilt from the value
     assert journal[2][0] == membership
     store.close()
 

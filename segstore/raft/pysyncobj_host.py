@@ -13,9 +13,10 @@ class. This module maps both onto segstore (docs/CLUSTER.md has the reasoning):
   :class:`_EntrySlice` read from the store in batches of :data:`READ_BATCH_ENTRIES`,
   materialised only when pysyncobj cuts it for a message.
 * **Entries.** pysyncobj entries are ``(command, index, term)``. A command of ours
-  (the one replicated method, :meth:`_SegstoreSyncObj.segstore_entry`) becomes an
-  app_log entry whose value is exactly the ``encode_entry`` value, so the store routes
-  it to its partition; the command is rebuilt from the value when read. pysyncobj's
+  (a regular command queued by :meth:`_SegstoreSyncObj.submit_value`: the type byte,
+  then the value, no pickle) becomes an app_log entry whose value is exactly the
+  ``encode_entry`` value, so the store routes it to its partition; the command is
+  rebuilt from the value when read. pysyncobj's
   own commands (its no-op, membership and version changes) are stored verbatim as
   ``custom`` (no-op, version) or ``conf`` (membership) entries, of no partition.
 * **Truncation.** pysyncobj calls ``deleteEntriesFrom`` whenever an append request
@@ -63,7 +64,7 @@ from typing import Any, Final
 
 import numpy as np
 import pysyncobj.syncobj as _syncobj_module  # type: ignore[import-untyped]
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE  # type: ignore[import-untyped]
 from pysyncobj.journal import Journal  # type: ignore[import-untyped]
 from pysyncobj.pipe_notifier import PipeNotifier  # type: ignore[import-untyped]
@@ -196,9 +197,14 @@ def register_transfer(transfer: SnapshotTransfer) -> str:
 # -- entries -------------------------------------------------------------------------
 
 
+_REGULAR_PREFIX: Final = bytes((_REGULAR,))
+
+
 def _command_of_value(value: bytes) -> bytes:
-    """The pysyncobj command of one of our app_log values."""
-    return bytes((_REGULAR,)) + pickle.dumps((0, (value,)), protocol=pickle.HIGHEST_PROTOCOL)
+    """The pysyncobj command of one of our app_log values: the type byte, then the
+    value itself (no pickle: pysyncobj only reads a command's first byte, and our
+    override of its apply ignores regular commands)."""
+    return _REGULAR_PREFIX + value
 
 
 def _entry_of_command(command: bytes, term: int) -> LogEntry:
@@ -207,16 +213,7 @@ def _entry_of_command(command: bytes, term: int) -> LogEntry:
         raise ClusterError(f"pysyncobj handed the journal a {type(command).__name__} command")
     kind = command[0]
     if kind == _REGULAR:
-        try:
-            func_id, args = pickle.loads(command[1:])
-            (value,) = args
-        except Exception as exc:
-            raise ClusterError(f"undecodable replicated command: {exc}") from exc
-        if func_id != 0 or not isinstance(value, bytes):
-            raise ClusterError(
-                "a replicated command that is not segstore_entry(value) reached the journal"
-            )
-        return LogEntry(term, value, _APP_LOG)
+        return LogEntry(term, command[1:], _APP_LOG)
     if kind == _MEMBERSHIP:
         return LogEntry(term, command, _CONF)
     if kind in (_NO_OP, _VERSION):
@@ -765,12 +762,21 @@ class GroupCommitTransport(TCPTransport):  # type: ignore[misc]
 
 
 class _SegstoreSyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj's SyncObj with one replicated method: append one app_log value."""
+    """pysyncobj's SyncObj whose regular commands are our app_log values.
 
-    @replicated  # type: ignore[untyped-decorator]
-    def segstore_entry(self, value: bytes) -> None:
-        # Applies go through the SegmentedStateMachine, driven by the host's tick.
-        return None
+    :meth:`submit_value` queues ``value`` as a regular command (type byte + value, no
+    pickle); pysyncobj's own apply of such a command is a no-op here (results come
+    from the SegmentedStateMachine, driven by the host's tick), so it never unpickles
+    one. Its other commands (no-op, membership, version) go to its own apply.
+    """
+
+    def submit_value(self, value: bytes, callback: Callable[[object, int], None]) -> None:
+        self._applyCommand(value, callback, _REGULAR)
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        if command[0] == _REGULAR:
+            return None
+        return SyncObj._SyncObj__doApplyCommand(self, command)
 
 
 _FAIL_NAMES: Final = {
@@ -852,6 +858,7 @@ class PysyncobjHost(RaftHost):
         self._failed: str | None = None
         self._closed = False
         self._notifier: Any = None
+        self._woken = False  # a wake-up of the tick thread is pending
         self._appended_sent = 0
         self._stop_saver = threading.Event()
         self._wake_saver = threading.Event()
@@ -1031,10 +1038,12 @@ class PysyncobjHost(RaftHost):
             if error != FAIL_REASON.SUCCESS:
                 on_failed(_FAIL_NAMES.get(error, str(error)))
 
-        self._syncobj.segstore_entry(value, callback=done)
+        self._syncobj.submit_value(value, done)
         notifier = self._notifier
-        if notifier is not None:
-            # Wake the tick thread out of its poll (a full pipe: it is awake anyway).
+        if notifier is not None and not self._woken:
+            # Wake the tick thread out of its poll, once per tick (the tick callback
+            # clears the flag; a full pipe: it is awake anyway).
+            self._woken = True
             with contextlib.suppress(BlockingIOError):
                 notifier.notify()
 
@@ -1072,6 +1081,7 @@ class PysyncobjHost(RaftHost):
                 raise self.journal.failure
             if self._notifier is None:
                 self._notifier = PipeNotifier(self._syncobj._poller)
+            self._woken = False
             transport = self._transport
             if transport is not None:
                 transport.flush_and_send()
