@@ -26,9 +26,10 @@ key (ASCII bytes)         value
                           ``last_commit_index``; absent: 0)
 ``raft_snapshot``         the latest Raft snapshot, opaque bytes written by
                           :mod:`segstore.raft.segmented_state_machine` (absent: none)
-``restart_pending``       u64 little-endian: a snapshot install at this raft index
-                          wrote the partitions' new checkpoints and has not yet
-                          restarted every partition log to match (absent: none)
+``restart_pending``       u64 little-endian: L + 1 of a snapshot install at raft
+                          index L that wrote the partitions' new checkpoints but
+                          has not yet restarted every partition log and dropped
+                          the log through L (absent: none)
 ========================  =======================================================
 
 Named database ``partitions`` (one entry per partition):
@@ -409,8 +410,7 @@ class CheckpointStore:
         return self._read_meta_u64(_ROUTED_KEY)
 
     def restart_pending(self) -> int:
-        """The raft index of a snapshot install whose partition restarts may be
-        unfinished (0: none)."""
+        """L + 1 of an unfinished snapshot install at raft index L (0: none)."""
         return self._read_meta_u64(_RESTART_KEY)
 
     def applied_raft_floor(self) -> int:

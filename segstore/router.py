@@ -46,7 +46,8 @@ class Router:
         # Per partition: next partition index and raft index of the last routed record.
         self._next_index = {p: c.durable_index + 1 for p, c in self._checkpoint_of.items()}
         self._last_raft = {p: c.durable_raft_index for p, c in self._checkpoint_of.items()}
-        self._check_partitions_exist(partitions, checkpoints.path)
+        if not checkpoints.restart_pending():  # (an unfinished restart creates them)
+            self._check_partitions_exist(partitions, checkpoints.path)
         self._checked: set[int] = set()  # partitions whose log was reconciled this session
         # Partitions whose checkpoint a rollback lowered: PartitionLogs.sync_all reports
         # only changes since its last report, which may have come back to the same value.
@@ -288,7 +289,7 @@ class Router:
                     first_index=target,
                 )
             self._checkpoints.write(
-                updates, routed_raft_index=raft_index, restart_pending=max(raft_index, 1)
+                updates, routed_raft_index=raft_index, restart_pending=raft_index + 1
             )
             self._checkpoint_of.update(updates)
             self._routed = self._checkpointed_routed = raft_index

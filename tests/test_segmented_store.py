@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import segstore.raft.segmented_store as segmented_store_module
+from segstore.aof import Aof
 from segstore.checkpoints import CHECKPOINTS_NAME
 from segstore.errors import (
     CorruptionError,
@@ -37,6 +38,7 @@ from segstore.raft import (
     encode_pack,
 )
 from segstore.raft.partition_entry import PARTITION_HEADER_BYTES
+from segstore.router import Router
 from segstore.testing.conformance import DurableLogStoreConformance
 
 PARTITIONS = 8
@@ -1037,3 +1039,95 @@ def test_install_snapshot_cut_short_is_finished_at_the_next_open(
         store.sync_partitions()
         with store.partition_log(1) as plog:
             assert bytes(plog.read(6)) == b"new"
+
+
+def test_install_snapshot_cut_short_before_a_partition_log_existed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot names partitions this store never had: a crash right after the
+    checkpoint transaction must not make the next open call the store corrupt for
+    their missing logs; the open creates and restarts them."""
+    path = tmp_path / "store"
+    store = SegmentedLogStore.open(path, partitions=3)
+    store.append(app(0, b"only partition 0"))
+    store.end_of_append_batch(1, 1)
+    store.sync_partitions()
+
+    def crash(self: object) -> None:
+        raise OSError(5, "injected crash")
+
+    monkeypatch.setattr(Router, "restart_partitions", crash)
+    with pytest.raises(OSError, match="injected crash"):
+        store.install_snapshot(30, {0: 11, 1: 6, 2: 4})
+    monkeypatch.undo()
+    with contextlib.suppress(Exception):
+        store.close()
+    with SegmentedLogStore.open(path) as store:
+        assert store.partition_next_indices() == {0: 11, 1: 6, 2: 4}
+        assert store.start_index() == store.next_slot() == 31
+        with store.partition_log(2) as plog:
+            assert (plog.first_index, plog.next_index) == (4, 4)
+
+
+def test_compact_past_the_tail_is_refused_while_a_hold_needs_entries(tmp_path: Path) -> None:
+    """Emptying the log would lose entries a retention hold (a state machine's
+    applied floor, a quorum) still needs: refused, nothing changed."""
+    with SegmentedLogStore.open(tmp_path / "store", partitions=2) as store:
+        for k in range(5):
+            store.append(app(k % 2, b"v%d" % k))
+        store.end_of_append_batch(1, 5)
+        needed = [1]
+        store.add_retention(lambda: needed[0])
+        with pytest.raises(InvalidArgumentError, match="still needed"):
+            store.compact(9)
+        assert (store.start_index(), store.next_slot()) == (1, 6)
+        assert store.entry_at(1) is not None
+        needed[0] = 6  # everything applied and acknowledged
+        assert store.compact(9)
+        assert store.start_index() == store.next_slot() == 10
+
+
+def test_compact_past_the_tail_interrupted_before_its_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records are dropped before start_index is written: a crash in between
+    reopens at L + 1 with next_slot == start_index, never with start_index past
+    next_slot (which would write the next entry into a hole)."""
+    path = tmp_path / "store"
+    store = SegmentedLogStore.open(path, partitions=2)
+    for k in range(5):
+        store.append(app(k % 2, b"v%d" % k))
+    store.end_of_append_batch(1, 5)
+
+    def crash(self: object, user: object) -> None:
+        raise OSError(5, "injected crash")
+
+    monkeypatch.setattr(Aof, "set_user_meta", crash)
+    with pytest.raises(OSError, match="injected crash"):
+        store.compact(19)
+    monkeypatch.undo()
+    with contextlib.suppress(Exception):
+        store.close()
+    with SegmentedLogStore.open(path) as store:
+        assert store.start_index() == store.next_slot() == 20
+        store.append(app(0, b"after"))
+        store.end_of_append_batch(20, 1)
+        assert store.entry_at(20) is not None and store.partition_of(20) == (0, 4)
+
+
+def test_an_oversize_value_is_refused_at_append_and_blocks_nothing(tmp_path: Path) -> None:
+    with SegmentedLogStore.open(
+        tmp_path / "store", partitions=2, segment_bytes=1 << 20, parallel=True
+    ) as store:
+        store.append(app(0, b"fits"))
+        with pytest.raises(RecordTooLargeError):
+            store.append(app(1, b"x" * (2 << 20)))
+        with pytest.raises(RecordTooLargeError):
+            store.write_at(1, app(1, b"x" * (2 << 20)))
+        store.append(app(1, b"fits too"))
+        store.end_of_append_batch(1, 2)
+        assert store.flush()
+        assert [e.value for e in store.log_entries(1, 3) or []] == [
+            app(0, b"fits").value,
+            app(1, b"fits too").value,
+        ]

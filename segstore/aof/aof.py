@@ -22,6 +22,7 @@ import numpy.typing as npt
 from segstore.aof import kernels
 from segstore.aof.fileio import FileIO
 from segstore.aof.format import (
+    FRAME_HEADER_BYTES,
     LOCK_NAME,
     META_NAME,
     SEGMENT_BYTES_MAX,
@@ -576,6 +577,12 @@ class Aof:
         except StorageIOError as exc:
             self._commit.fail(exc)
             self._commit.check_failed()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload one record can carry (a frame must fit in a segment)."""
+        room = self._segment_bytes - SEGMENT_HEADER_BYTES
+        return (room & ~7) - FRAME_HEADER_BYTES - self._header_bytes
 
     def _check_fits(self, frame_size: int) -> None:
         room = self._segment_bytes - SEGMENT_HEADER_BYTES

@@ -40,6 +40,7 @@ from segstore.errors import (
     InvalidArgumentError,
     NotAStoreError,
     PartitionError,
+    RecordTooLargeError,
     SegstoreError,
 )
 from segstore.partitions import PARTITIONS_DIR, PartitionLogs, PartitionLogStore
@@ -203,7 +204,7 @@ class SegmentedLogStore(LogStore):
             interrupted = self._checkpoints.restart_pending()
             if interrupted:  # a snapshot install was cut short: finish it first
                 self._router.restart_partitions()
-                self._finish_install(interrupted)
+                self._finish_install(interrupted - 1)
             # Recovery's undo and redo run in the router thread (woken below): reads
             # need no partitions, and appends only the next indices, which the header
             # columns of the records not yet routed give directly.
@@ -222,6 +223,7 @@ class SegmentedLogStore(LogStore):
         # (counting buffered entries), which ``append`` assigns from in compiled code.
         self._rows = LogRowBuffer(self.partition_count, next_indices, PENDING_RECORDS_MAX)
         self._retention: list[Callable[[], int]] = []
+        self._max_value_bytes = self._log.max_payload_bytes
         self._route_wakeup = threading.Event()
         self._route_error: BaseException | None = None
         self._failure: BaseException | None = None
@@ -323,6 +325,8 @@ class SegmentedLogStore(LogStore):
         """Append ``entry`` at next_slot; app_log entries are routed to their partition."""
         if type(entry) is not LogEntry:
             check_log_entry(entry)
+        if len(entry.value) > self._max_value_bytes:
+            self._refuse_size(entry)
         lock = self._lock  # acquire/release: cheaper than ``with`` on this per-entry path
         lock.acquire()
         try:
@@ -371,11 +375,21 @@ class SegmentedLogStore(LogStore):
         next_indices[pid] = index + 1
         return (entry.term, entry.timestamp_us, index, pid, 1)
 
+    def _refuse_size(self, entry: LogEntry) -> None:
+        """Refuse at ``append`` a value no segment can hold (not later, at the batch
+        write, where it would block every entry buffered with it)."""
+        raise RecordTooLargeError(
+            f"a value of {len(entry.value)} bytes does not fit in a log segment (at most "
+            f"{self._max_value_bytes}); open the store with a larger segment_bytes"
+        )
+
     def _check_entries(self, entries: list[LogEntry], next_indices: dict[int, int]) -> None:
         """Raise what appending ``entries`` after ``next_indices`` would raise; change nothing."""
         trial = dict(next_indices)
         for entry in entries:
             check_log_entry(entry)
+            if len(entry.value) > self._max_value_bytes:
+                self._refuse_size(entry)
             self._row_of(entry, trial)
 
     def _next_indices_after_truncating(self, index: int) -> dict[int, int]:
@@ -706,6 +720,11 @@ class SegmentedLogStore(LogStore):
                 raise InvalidArgumentError(f"partition {pid}: next index {index} is below 1")
         with self._lock:
             self._check_writable()
+            if last_log_index + 1 < self._start_index:
+                raise IndexOutOfRangeError(
+                    f"a snapshot at {last_log_index} is older than this store's start "
+                    f"index {self._start_index}"
+                )
             next_slot = self._log.last_index + len(self._pending) + 1
             if next_slot > last_log_index + 1:
                 self._truncate_from(
@@ -723,14 +742,24 @@ class SegmentedLogStore(LogStore):
                     raise
             self._rows.next_indices = dict(next_partition_indices)
 
-    def _finish_install(self, last_log_index: int) -> None:
-        """Drop the log through a snapshot's last index, then clear the snapshot
-        install's ``restart_pending`` marker (the partitions are restarted)."""
+    def _drop_through(self, last_log_index: int) -> None:
+        """Drop every record up to ``last_log_index``; start_index becomes L + 1.
+
+        The records go first (durable), the metadata after: open takes the larger of
+        the metadata's start_index and the log's first index, so a crash in between
+        still opens at L + 1, never with start_index past next_slot.
+        """
         start = last_log_index + 1
+        with self._router.paused():
+            self._log.truncate_before(start)
         if start > self._start_index:
             self._log.set_user_meta({**self._log.user_meta, "start_index": start})
             self._start_index = start
-        self._log.truncate_before(start)
+
+    def _finish_install(self, last_log_index: int) -> None:
+        """Drop the log through a snapshot's last index, then clear the snapshot
+        install's ``restart_pending`` marker (the partitions are restarted)."""
+        self._drop_through(last_log_index)
         self._router.clear_restart()
 
     def _compact_locked(self, last_log_index: int) -> None:
@@ -738,16 +767,22 @@ class SegmentedLogStore(LogStore):
         next_slot = self._log.last_index + len(self._pending) + 1
         if start > next_slot:
             # Past the tail: the log restarts at L + 1, so first let the partitions
-            # take everything (nothing may be lost), then empty it. (L at the tail
-            # needs no restart: the log keeps what the partitions and the retention
-            # holds still need, like any compact.)
+            # take everything, then empty it. (L at the tail needs no restart: the log
+            # keeps what the partitions and the retention holds still need, like any
+            # compact.) A retention hold on a retained record refuses it: emptying the
+            # log would lose entries a state machine or a quorum still needs (a host
+            # that moves past them installs a snapshot instead).
             self._write_pending()
             self._log.sync()
             self.sync_partitions()
-            self._log.set_user_meta({**self._log.user_meta, "start_index": start})
-            with self._router.paused():
-                self._log.truncate_before(start)
-            self._start_index = start
+            needed = min((hold() for hold in self._retention), default=start)
+            if needed <= self._log.last_index:
+                raise InvalidArgumentError(
+                    f"compact({last_log_index}) past the last index {next_slot - 1} would "
+                    f"drop entries from {needed} on that are still needed (applied or "
+                    "acknowledged state); install a snapshot first"
+                )
+            self._drop_through(last_log_index)
             return
         if start == next_slot:
             # Nothing buffered may sit below start_index, and (as past the tail) the
