@@ -51,13 +51,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
+import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from segstore.checkpoints import AppliedCheckpoint, CheckpointStore
+from segstore.checkpoints import AppliedCheckpoint, AppliedUpdate, CheckpointStore
 from segstore.errors import (
     BackpressureError,
     ClosedError,
@@ -65,6 +66,8 @@ from segstore.errors import (
     PartitionFailedError,
 )
 from segstore.raft.partition_entry import NO_PARTITION
+
+_log = logging.getLogger(__name__)
 
 APPLY_RUN_MAX: Final = 1024
 """Entries a worker takes from a partition's queue at a time (one lock round trip)."""
@@ -243,7 +246,9 @@ class Applier:
         """Everything up to ``raft_index`` is committed and handed in (entries of no
         partition need nothing else)."""
         with self._lock:
-            self._commit_index = max(self._commit_index, raft_index)
+            if raft_index > self._commit_index:
+                self._commit_index = raft_index
+                self._progress.notify_all()  # wait_applied may be waiting for just this
 
     def submit(
         self,
@@ -303,6 +308,7 @@ class Applier:
                         self._ready.append(part)
                         self._work.notify()
             self._commit_index = max(self._commit_index, max(raft_indices))
+            self._progress.notify_all()  # (all of it may have been skipped or unrouted)
         for part in to_schedule:
             self._schedule(part)
         return queued
@@ -329,7 +335,16 @@ class Applier:
                     self._progress.notify_all()
                     return
                 part = self._ready.popleft()
-            self._drain(part)
+            try:
+                self._drain(part)
+            except BaseException as exc:  # a bug, not an apply error: keep the worker
+                _log.exception("applier worker: draining partition %d failed", part.pid)
+                with self._lock:
+                    part.error = part.error or PartitionFailedError(
+                        part.pid, part.applied_index + 1, exc
+                    )
+                    part.scheduled = False
+                    self._progress.notify_all()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -373,7 +388,10 @@ class Applier:
         if done and self._callbacks:
             first_index, first_raft, _ = run[0]
             for callback in tuple(self._callbacks):
-                callback(part.pid, first_index, first_raft, results)
+                try:
+                    callback(part.pid, first_index, first_raft, results)
+                except Exception:  # the entries are applied whatever the callback does
+                    _log.exception("on_applied callback failed (partition %d)", part.pid)
 
     def _drain(self, part: _Partition) -> None:
         collect = bool(self._callbacks)
@@ -386,7 +404,7 @@ class Applier:
                 with part.apply_lock:
                     try:
                         result = apply(index, payload)
-                    except Exception as exc:
+                    except BaseException as exc:  # SystemExit too: only this partition stops
                         error = exc
                         break
                     part.applied_index = index
@@ -407,7 +425,7 @@ class Applier:
                 part.apply_lock.acquire()
                 try:
                     result = await apply(index, payload)
-                except Exception as exc:
+                except BaseException as exc:  # CancelledError too: the run is re-queued
                     error = exc
                     break
                 else:
@@ -419,6 +437,8 @@ class Applier:
                     results.append(result)
                 done += 1
             self._finish_run(part, run, done, results, error)
+            if isinstance(error, asyncio.CancelledError):
+                raise error
 
     # -- observing -------------------------------------------------------------------
 
@@ -599,10 +619,17 @@ class Applier:
         commit_index: int,
         *,
         raft_snapshot: bytes | None = None,
+        write: Callable[[AppliedUpdate], None] | None = None,
     ) -> None:
         """Replace every partition's state (a Raft snapshot install): partitions in
         ``states`` are restored from them, the others start empty; queued entries are
-        dropped; everything is checkpointed, with ``commit_index`` as the floor."""
+        dropped; everything is checkpointed, with ``commit_index`` as the floor.
+
+        ``write`` makes the new applied state durable (default: its own checkpoint
+        transaction); a store's ``install_snapshot`` passes one that writes it in the
+        same transaction as the store's own part. The caller excludes ``submit``
+        meanwhile (a Raft engine installs a snapshot on the thread that commits).
+        """
         self.wait_idle()
         with self._checkpoint_lock:
             parts = [self._restored(pid, states.get(pid)) for pid in range(self.partition_count)]
@@ -610,9 +637,11 @@ class Applier:
                 pid: AppliedCheckpoint(p.applied_index, p.applied_raft, p.sm.snapshot())
                 for pid, p in enumerate(parts)
             }
-            self._checkpoints.write_applied(
-                durable, applied_raft_floor=commit_index, raft_snapshot=raft_snapshot
-            )
+            update = AppliedUpdate(durable, commit_index, raft_snapshot)
+            if write is None:
+                self._checkpoints.write({}, applied=update)
+            else:
+                write(update)
             with self._lock:
                 self._parts = parts
                 self._commit_index = commit_index

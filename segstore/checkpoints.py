@@ -240,6 +240,39 @@ class AppliedCheckpoint:
         return cls(applied, applied_raft, bytes(data[_APPLIED_HEAD.size :]))
 
 
+@dataclass(frozen=True)
+class AppliedUpdate:
+    """What the state-machine layer writes: applied checkpoints, the applied floor
+    (``applied_raft_floor``) and optionally a Raft snapshot blob."""
+
+    checkpoints: Mapping[int, AppliedCheckpoint]
+    applied_raft_floor: int
+    raft_snapshot: bytes | None = None
+
+    def items(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """Encoded ``(key, value)`` pairs, sorted, and the encoded floor; raises
+        :class:`InvalidArgumentError` before anything is written."""
+        floor = _U64.pack(_as_uint(self.applied_raft_floor, "applied_raft_floor", U64_MAX))
+        if not isinstance(self.checkpoints, Mapping):
+            raise InvalidArgumentError(
+                f"applied checkpoints must be a mapping of partition id to "
+                f"AppliedCheckpoint, not {type(self.checkpoints).__name__}"
+            )
+        if self.raft_snapshot is not None and not isinstance(self.raft_snapshot, bytes):
+            raise InvalidArgumentError("raft_snapshot must be bytes or None")
+        items: list[tuple[bytes, bytes]] = []
+        for pid, checkpoint in self.checkpoints.items():
+            key = _KEY.pack(check_partition_id(pid))
+            if not isinstance(checkpoint, AppliedCheckpoint):
+                raise InvalidArgumentError(
+                    f"applied checkpoint of partition {pid} must be an AppliedCheckpoint, "
+                    f"not {type(checkpoint).__name__}"
+                )
+            items.append((key, checkpoint.encode()))
+        items.sort()
+        return items, floor
+
+
 class CheckpointStore:
     """Per-partition checkpoints in one LMDB environment, refusing a foreign store's.
 
@@ -459,13 +492,16 @@ class CheckpointStore:
         *,
         routed_raft_index: int | None = None,
         restart_pending: int | None = None,
+        applied: AppliedUpdate | None = None,
     ) -> None:
         """Store every checkpoint in ``updates`` in one durable write transaction.
 
-        ``routed_raft_index`` and ``restart_pending`` (0 clears it), when given, are
-        stored in the same transaction. Either all of it is durable when this returns
-        or, on an error, none is.
+        ``routed_raft_index``, ``restart_pending`` (0 clears it) and ``applied`` (the
+        state-machine layer's part, as :meth:`write_applied`), when given, are stored
+        in the same transaction. Either all of it is durable when this returns or, on
+        an error, none is.
         """
+        applied_items = None if applied is None else applied.items()
         routed = (
             None
             if routed_raft_index is None
@@ -491,19 +527,26 @@ class CheckpointStore:
                     f"not {type(checkpoint).__name__}"
                 )
             items.append((key, checkpoint.encode()))
-        if not items and routed is None and restart is None:
+        if not items and routed is None and restart is None and applied is None:
             return
         items.sort()  # sequential keys keep LMDB page splits cheap
 
         def apply(txn: Any) -> None:
-            cursor = txn.cursor(db=self._partitions)
-            cursor.putmulti(items)
+            if items:
+                txn.cursor(db=self._partitions).putmulti(items)
             if routed is not None:
                 txn.put(_ROUTED_KEY, routed, db=self._meta)
             if restart:
                 txn.put(_RESTART_KEY, _U64.pack(restart), db=self._meta)
             elif restart == 0:
                 txn.delete(_RESTART_KEY, db=self._meta)
+            if applied is not None and applied_items is not None:
+                applied_rows, floor = applied_items
+                if applied_rows:
+                    txn.cursor(db=self._applied).putmulti(applied_rows)
+                txn.put(_FLOOR_KEY, floor, db=self._meta)
+                if applied.raft_snapshot is not None:
+                    txn.put(_RAFT_SNAPSHOT_KEY, applied.raft_snapshot, db=self._meta)
 
         self._write_txn(apply)
 
@@ -516,33 +559,7 @@ class CheckpointStore:
     ) -> None:
         """Store applied checkpoints, the applied floor and optionally a Raft snapshot,
         all in one durable write transaction (all or nothing)."""
-        floor = _U64.pack(_as_uint(applied_raft_floor, "applied_raft_floor", U64_MAX))
-        if not isinstance(updates, Mapping):
-            raise InvalidArgumentError(
-                f"updates must be a mapping of partition id to AppliedCheckpoint, "
-                f"not {type(updates).__name__}"
-            )
-        if raft_snapshot is not None and not isinstance(raft_snapshot, bytes):
-            raise InvalidArgumentError("raft_snapshot must be bytes or None")
-        items: list[tuple[bytes, bytes]] = []
-        for pid, checkpoint in updates.items():
-            key = _KEY.pack(check_partition_id(pid))
-            if not isinstance(checkpoint, AppliedCheckpoint):
-                raise InvalidArgumentError(
-                    f"applied checkpoint of partition {pid} must be an AppliedCheckpoint, "
-                    f"not {type(checkpoint).__name__}"
-                )
-            items.append((key, checkpoint.encode()))
-        items.sort()
-
-        def apply(txn: Any) -> None:
-            if items:
-                txn.cursor(db=self._applied).putmulti(items)
-            txn.put(_FLOOR_KEY, floor, db=self._meta)
-            if raft_snapshot is not None:
-                txn.put(_RAFT_SNAPSHOT_KEY, raft_snapshot, db=self._meta)
-
-        self._write_txn(apply)
+        self.write({}, applied=AppliedUpdate(updates, applied_raft_floor, raft_snapshot))
 
     def delete(self, partition_ids: Iterable[int]) -> None:
         """Remove the checkpoints of ``partition_ids`` (absent ones are ignored)."""
@@ -603,6 +620,7 @@ __all__ = [
     "MAP_SIZE_DEFAULT",
     "VALUE_VERSION",
     "AppliedCheckpoint",
+    "AppliedUpdate",
     "CheckpointStore",
     "PartitionCheckpoint",
     "check_partition_id",

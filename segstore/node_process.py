@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,10 +56,12 @@ class ControlledProcess:
         self.stderr_path = os.fspath(stderr_path)
         self.proc: subprocess.Popen[str] | None = None
         self._replies: queue.Queue[str | None] = queue.Queue()
+        self._stale = 0  # replies still owed to commands that timed out
 
     def start(self) -> ControlledProcess:
         """Spawn the process (again, after a kill)."""
         self._replies = queue.Queue()
+        self._stale = 0
         os.makedirs(os.path.dirname(self.stderr_path) or ".", exist_ok=True)
         with open(self.stderr_path, "a") as log:
             self.proc = subprocess.Popen(
@@ -94,9 +97,16 @@ class ControlledProcess:
             self.proc.stdin.flush()
         except OSError as exc:
             raise NodeProcessError(f"{self.name} is gone ({exc})") from exc
+        deadline = time.monotonic() + timeout
         try:
-            line = self._replies.get(timeout=timeout)
+            # Replies come in command order: first skip those owed to timed-out calls.
+            while True:
+                line = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+                if line is None or not self._stale:
+                    break
+                self._stale -= 1
         except queue.Empty:
+            self._stale += 1
             raise NodeProcessError(f"{self.name}: no reply to {op} in {timeout} s") from None
         if line is None:
             raise NodeProcessError(f"{self.name} exited; stderr in {self.stderr_path}")

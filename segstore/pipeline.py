@@ -175,6 +175,8 @@ class Pipeline:
         values = [
             encode_entry(pid, payload) for pid, payload in zip(partition_ids, payloads, strict=True)
         ]
+        for value in values:  # all or nothing: a refused entry must not leave others
+            self.store.check_value_size(value)
         counts: dict[int, int] = {}
         for pid in partition_ids:
             counts[pid] = counts.get(pid, 0) + 1
@@ -213,6 +215,10 @@ class Pipeline:
 
     def wait_applied(self, raft_index: int, timeout: float | None = None) -> bool:
         """Block until every entry up to ``raft_index`` is durable and applied."""
+        if raft_index >= self.store.next_slot():
+            raise InvalidArgumentError(
+                f"raft index {raft_index} was never submitted (next is {self.store.next_slot()})"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         self.store.flush()
         while self._processed < raft_index:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from segstore.aof import Aof
-from segstore.checkpoints import CheckpointStore, PartitionCheckpoint
+from segstore.checkpoints import AppliedUpdate, CheckpointStore, PartitionCheckpoint
 from segstore.errors import CorruptionError
 from segstore.partitions import PartitionLogs, PartitionLogStore
 from segstore.raft.partition_entry import NO_PARTITION, PARTITION_HEADER_BYTES
@@ -269,13 +269,19 @@ class Router:
 
     # -- snapshot install ------------------------------------------------------------
 
-    def restart(self, raft_index: int, next_indices: dict[int, int]) -> None:
+    def restart(
+        self,
+        raft_index: int,
+        next_indices: dict[int, int],
+        applied: AppliedUpdate | None = None,
+    ) -> None:
         """Every partition restarts empty at ``next_indices[pid]`` (absent: 1, the
         partition had nothing at the snapshot) after a Raft snapshot at ``raft_index``
         replaced the history; the log counts as routed through ``raft_index``.
 
         One checkpoint transaction records the new state with a ``restart_pending``
-        marker, then the partition logs are restarted; the caller clears the marker
+        marker (and ``applied``, the state machines' new state, when given), then the
+        partition logs are restarted; the caller clears the marker
         (:meth:`clear_restart`) once its own part is done, and an open that finds it
         calls :meth:`restart_partitions` again.
         """
@@ -289,7 +295,10 @@ class Router:
                     first_index=target,
                 )
             self._checkpoints.write(
-                updates, routed_raft_index=raft_index, restart_pending=raft_index + 1
+                updates,
+                routed_raft_index=raft_index,
+                restart_pending=raft_index + 1,
+                applied=applied,
             )
             self._checkpoint_of.update(updates)
             self._routed = self._checkpointed_routed = raft_index

@@ -635,3 +635,38 @@ def test_checkpoint_does_not_wait_for_an_apply_in_flight(opened: Opened) -> None
         gate.set()
     idle(applier)
     assert applier.checkpoint() == 5
+
+
+def test_wait_applied_wakes_when_only_the_commit_index_moves(opened: Opened) -> None:
+    """Entries of no partition (and skipped redeliveries) only raise the commit index:
+    a waiter must be woken by that, not left waiting for its timeout."""
+    applier = opened.applier(2, lambda pid: KeyValueStateMachine())
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(applier.wait_applied(3, 600)))
+    waiter.start()
+    time.sleep(0.05)
+    applier.advance_commit(3)
+    waiter.join(WAIT)
+    assert not waiter.is_alive(), "wait_applied slept through the commit index advance"
+    assert results == [True]
+
+
+def test_a_raising_on_applied_callback_neither_kills_a_worker_nor_stops_applies(
+    opened: Opened,
+) -> None:
+    applier = opened.applier(2, lambda pid: KeyValueStateMachine(), threads=1)
+    calls: list[int] = []
+
+    def broken(pid: int, first: int, first_raft: int, results: list[object]) -> None:
+        calls.append(first)
+        raise RuntimeError("callback bug")
+
+    applier.on_applied(broken)
+    feed = Feed()
+    applier.submit(*feed.make([0, 1]))
+    assert applier.wait_applied(2, WAIT)
+    applier.submit(*feed.make([0, 0, 1]))  # the one worker must still be alive
+    assert applier.wait_applied(5, WAIT)
+    assert applier.wait_idle(WAIT)
+    assert applier.status(0).applied_index == 3 and applier.status(1).applied_index == 2
+    assert applier.status(0).error is None and calls

@@ -28,7 +28,12 @@ from typing import Any
 import pytest
 from pipeline_crash_writer import model_state, payload_for
 
-from segstore.errors import BackpressureError, InvalidArgumentError, PartitionFailedError
+from segstore.errors import (
+    BackpressureError,
+    InvalidArgumentError,
+    PartitionFailedError,
+    RecordTooLargeError,
+)
 from segstore.masters import MasterPolicy
 from segstore.pipeline import Pipeline
 from segstore.quorum import All, Custom, Majority, QuorumRule, Threshold
@@ -536,3 +541,22 @@ def test_submit_applies_backpressure_before_appending(opened: Opened) -> None:
     last = load.submit(pipeline, [0] * 30 + [1])
     settle(pipeline, last)
     assert_states(pipeline, load.counts, "after catching up")
+
+
+def test_waiting_for_an_index_never_submitted_is_refused(opened: Opened) -> None:
+    pipeline = opened.open(partitions=2)
+    last = pipeline.submit_many([0, 1], [b"a=1", b"b=1"])
+    assert pipeline.wait_applied(last, WAIT)
+    with pytest.raises(InvalidArgumentError, match="never submitted"):
+        pipeline.wait_applied(last + 1)
+
+
+def test_an_oversize_payload_is_refused_and_the_pipeline_goes_on(opened: Opened) -> None:
+    pipeline = opened.open(partitions=2)
+    with pytest.raises(RecordTooLargeError):
+        pipeline.submit_many([0, 1], [b"a=1", b"b=" + b"x" * SEGMENT_BYTES])
+    last = pipeline.submit_many([0], [b"a=2"])
+    assert pipeline.wait_applied(last, WAIT)
+    sm = pipeline.applier.state_machine(0)
+    assert isinstance(sm, KeyValueStateMachine)
+    assert (sm.data, sm.applies) == ({b"a": b"2"}, 1)  # nothing of the refused batch

@@ -21,7 +21,7 @@ import pytest
 
 import segstore.raft.segmented_state_machine as ssm_module
 from segstore.applier import PartitionStateMachine
-from segstore.checkpoints import AppliedCheckpoint
+from segstore.checkpoints import AppliedCheckpoint, CheckpointStore
 from segstore.errors import (
     CorruptionError,
     InvalidArgumentError,
@@ -46,6 +46,7 @@ from segstore.raft.segmented_state_machine import (
     decode_snapshot,
     encode_snapshot,
 )
+from segstore.router import Router
 from segstore.testing.kv import KeyValueStateMachine
 
 PARTITIONS = 4
@@ -801,3 +802,87 @@ def test_encode_snapshot_of_no_partitions_and_an_empty_config() -> None:
     body = b"SGSNAP01" + struct.pack("<QQI", 1, 1, len(config)) + config + struct.pack("<I", 0)
     assert encode_snapshot(s, {}) == body + struct.pack("<I", crc32c(body))
     assert decode_snapshot(body + struct.pack("<I", crc32c(body))) == (s, {})
+
+
+def test_apply_snapshot_cut_short_after_its_transaction_is_finished_at_reopen(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apply_snapshot writes the state machines' new state, the partitions' and the
+    restart marker in one transaction: a crash right after it (before the partition
+    logs are restarted) reopens as a follower that installed the snapshot, whose next
+    entries take the leader's partition indices; a crash before it changes nothing."""
+    leader, plan = build_leader(nodes, MIXED)
+    s, _ = snapshot_at(leader, plan.last)
+    follower = nodes.open("follower")
+    send(follower, s, read_chunks(leader, s))
+
+    def crash(self: object) -> None:
+        raise OSError(5, "injected crash")
+
+    monkeypatch.setattr(Router, "restart_partitions", crash)
+    with pytest.raises(OSError, match="injected crash"):
+        follower.ssm.apply_snapshot(s)
+    monkeypatch.undo()
+    follower.crash()
+    follower = nodes.reopen(follower)
+    assert follower.ssm.last_snapshot() == s
+    assert follower.ssm.last_commit_index() == s.last_log_idx
+    assert follower.states() == leader.states()
+    assert follower.store.next_slot() == s.last_log_idx + 1
+    plan = leader.append(plan, [0, 3, CONF, 1])
+    for row in plan.rows[len(MIXED) :]:
+        assert follower.store.append(row.entry) == row.raft
+    follower.store.end_of_append_batch(len(MIXED) + 1, 4)
+    for node in (leader, follower):
+        node.ssm.commit_range(len(MIXED) + 1, plan.last + 1)
+        node.wait(plan.last)
+    assert follower.states() == leader.states()
+    for row in plan.rows[len(MIXED) :]:
+        assert follower.store.partition_of(row.raft) == (row.pid, row.index)
+
+
+def test_apply_snapshot_failing_before_its_transaction_changes_nothing(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader, plan = build_leader(nodes, MIXED)
+    s, _ = snapshot_at(leader, plan.last)
+    follower = nodes.open("follower")
+    follower.append(Plan(), [0, 1])
+    follower.ssm.commit_range(1, 3)
+    follower.wait(2)
+    follower.ssm.applier.checkpoint()
+    before = follower.states()
+    send(follower, s, read_chunks(leader, s))
+
+    def fail(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "injected ENOSPC")
+
+    monkeypatch.setattr(CheckpointStore, "write", fail)
+    with pytest.raises(OSError, match="ENOSPC"):
+        follower.ssm.apply_snapshot(s)
+    monkeypatch.undo()
+    follower.crash()
+    follower = nodes.reopen(follower)
+    assert follower.ssm.last_snapshot() is None
+    assert follower.states() == before
+    assert follower.store.next_slot() == 3
+
+
+def test_resent_snapshot_objects_are_ignored_and_gaps_refused(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssm_module, "SNAPSHOT_CHUNK_BYTES", 64)
+    leader, plan = build_leader(nodes, MIXED)
+    s, _ = snapshot_at(leader, plan.last)
+    chunks = read_chunks(leader, s)
+    assert len(chunks) >= 3
+    follower = nodes.open("follower")
+    last = len(chunks) - 1
+    assert follower.ssm.save_logical_snp_obj(s, 0, chunks[0], True, last == 0) == 1
+    assert follower.ssm.save_logical_snp_obj(s, 0, chunks[0], False, False) == 1  # resent
+    with pytest.raises(InvalidArgumentError, match="object 1 is next"):
+        follower.ssm.save_logical_snp_obj(s, 2, chunks[2], False, last == 2)
+    for obj_id in range(1, len(chunks)):
+        follower.ssm.save_logical_snp_obj(s, obj_id, chunks[obj_id], False, obj_id == last)
+    assert follower.ssm.apply_snapshot(s)
+    assert follower.states() == leader.states()

@@ -8,8 +8,9 @@ store assigned is not in the value) and queues it for that partition's
 :class:`~segstore.applier.PartitionStateMachine`. Applies are asynchronous, so
 ``commit`` returns None; results reach :meth:`Applier.on_applied` callbacks.
 
-Restart: :meth:`last_commit_index` is the applier's floor, so the engine re-commits
-from there and entries a partition already applied are skipped (exactly once).
+Restart: right after an open, :meth:`last_commit_index` is the applier's durable floor,
+so the engine re-commits from there and entries a partition already applied are skipped
+(exactly once); later it is the in-memory apply progress.
 
 Raft snapshots (logical objects): ``create_snapshot(s)`` waits until every entry up to
 ``s.last_log_idx`` is applied, checkpoints every partition and stores one blob (format
@@ -31,7 +32,7 @@ from dataclasses import asdict
 from typing import Final
 
 from segstore.applier import Applier, StateMachineFactory
-from segstore.checkpoints import AppliedCheckpoint
+from segstore.checkpoints import AppliedCheckpoint, AppliedUpdate
 from segstore.errors import CorruptionError, InvalidArgumentError
 from segstore.raft.pack import crc32c
 from segstore.raft.partition_entry import NO_PARTITION, PARTITION_HEADER_BYTES, decode_partition
@@ -135,6 +136,7 @@ class SegmentedStateMachine(StateMachine):
         stored = store.checkpoints.raft_snapshot()
         self._snapshot = None if stored is None else decode_snapshot(stored)[0]
         self._receiving = bytearray()
+        self._received_objs = 0
 
     # -- commits ---------------------------------------------------------------------
 
@@ -197,7 +199,12 @@ class SegmentedStateMachine(StateMachine):
                 # without calling commit (types of no partition) are handed in here.
                 self.commit_range(committed + 1, s.last_log_idx + 1)
             self.applier.wait_applied(s.last_log_idx)
-            self.applier.checkpoint()
+            floor = self.applier.checkpoint()
+            if floor < s.last_log_idx:  # a partition could not be snapshotted just now
+                raise InvalidArgumentError(
+                    f"cannot snapshot at {s.last_log_idx}: the applied checkpoint covers "
+                    f"only up to {floor}"
+                )
             blob = encode_snapshot(s, self.store.checkpoints.read_applied_all())
             self.store.checkpoints.write_applied(
                 {}, applied_raft_floor=s.last_log_idx, raft_snapshot=blob
@@ -224,11 +231,20 @@ class SegmentedStateMachine(StateMachine):
     def save_logical_snp_obj(
         self, s: Snapshot, obj_id: int, data: bytes, is_first_obj: bool, is_last_obj: bool
     ) -> int:
-        """Collect a received snapshot object; return the next id wanted."""
+        """Collect a received snapshot object; return the next id wanted. A resent
+        object is ignored; one out of order raises (nothing is appended)."""
         if is_first_obj:
             self._receiving = bytearray()
+            self._received_objs = 0
+        if obj_id < self._received_objs:
+            return self._received_objs  # resent: already have it
+        if obj_id != self._received_objs:
+            raise InvalidArgumentError(
+                f"snapshot object {obj_id} arrived, but object {self._received_objs} is next"
+            )
         self._receiving += data
-        return obj_id + 1
+        self._received_objs += 1
+        return self._received_objs
 
     def apply_snapshot(self, s: Snapshot) -> bool:
         """Install the received snapshot into every partition."""
@@ -244,12 +260,17 @@ class SegmentedStateMachine(StateMachine):
             raise InvalidArgumentError(
                 f"received snapshot is at {snapshot.last_log_idx}, not {s.last_log_idx}"
             )
-        self.applier.install(states, s.last_log_idx, raft_snapshot=blob)
-        self.store.install_snapshot(
-            s.last_log_idx, {pid: state.applied_index + 1 for pid, state in states.items()}
-        )
+        next_indices = {pid: state.applied_index + 1 for pid, state in states.items()}
+
+        def write(update: AppliedUpdate) -> None:
+            # The state machines' new state, the partitions' and the log's, and the
+            # restart marker: one LMDB transaction, then the store finishes its part.
+            self.store.install_snapshot(s.last_log_idx, next_indices, applied=update)
+
+        self.applier.install(states, s.last_log_idx, raft_snapshot=blob, write=write)
         self._snapshot = s
         self._receiving = bytearray()
+        self._received_objs = 0
         return True
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from segstore.aof import Aof, FileIO
 from segstore.aof.kernels import ROW_SLOW, LogRowBuffer, build_log_entries
-from segstore.checkpoints import CHECKPOINTS_NAME, CheckpointStore
+from segstore.checkpoints import CHECKPOINTS_NAME, AppliedUpdate, CheckpointStore
 from segstore.errors import (
     ClosedError,
     FailedStateError,
@@ -326,7 +326,7 @@ class SegmentedLogStore(LogStore):
         if type(entry) is not LogEntry:
             check_log_entry(entry)
         if len(entry.value) > self._max_value_bytes:
-            self._refuse_size(entry)
+            self.check_value_size(entry.value)  # (refused here, not at the batch write)
         lock = self._lock  # acquire/release: cheaper than ``with`` on this per-entry path
         lock.acquire()
         try:
@@ -375,21 +375,21 @@ class SegmentedLogStore(LogStore):
         next_indices[pid] = index + 1
         return (entry.term, entry.timestamp_us, index, pid, 1)
 
-    def _refuse_size(self, entry: LogEntry) -> None:
-        """Refuse at ``append`` a value no segment can hold (not later, at the batch
-        write, where it would block every entry buffered with it)."""
-        raise RecordTooLargeError(
-            f"a value of {len(entry.value)} bytes does not fit in a log segment (at most "
-            f"{self._max_value_bytes}); open the store with a larger segment_bytes"
-        )
+    def check_value_size(self, value: bytes) -> None:
+        """Raise :class:`RecordTooLargeError` if ``value`` cannot be appended (no log
+        segment can hold it); what ``append`` and ``write_at`` check first."""
+        if len(value) > self._max_value_bytes:
+            raise RecordTooLargeError(
+                f"a value of {len(value)} bytes does not fit in a log segment (at most "
+                f"{self._max_value_bytes}); open the store with a larger segment_bytes"
+            )
 
     def _check_entries(self, entries: list[LogEntry], next_indices: dict[int, int]) -> None:
         """Raise what appending ``entries`` after ``next_indices`` would raise; change nothing."""
         trial = dict(next_indices)
         for entry in entries:
             check_log_entry(entry)
-            if len(entry.value) > self._max_value_bytes:
-                self._refuse_size(entry)
+            self.check_value_size(entry.value)
             self._row_of(entry, trial)
 
     def _next_indices_after_truncating(self, index: int) -> dict[int, int]:
@@ -700,14 +700,21 @@ class SegmentedLogStore(LogStore):
             self._compact_locked(last_log_index)
             return True
 
-    def install_snapshot(self, last_log_index: int, next_partition_indices: dict[int, int]) -> None:
+    def install_snapshot(
+        self,
+        last_log_index: int,
+        next_partition_indices: dict[int, int],
+        *,
+        applied: AppliedUpdate | None = None,
+    ) -> None:
         """A Raft snapshot up to ``last_log_index`` replaced the state machines: drop
         the log through it (and any entry after it), restart every partition log
         empty at ``next_partition_indices[pid]`` (the snapshot's applied index + 1;
         absent: 1) so entries after the snapshot get the leader's partition indices.
 
         Crash-safe: one checkpoint transaction records the partitions' new state (and
-        ``routed_raft_index`` = ``last_log_index``) with a ``restart_pending`` marker
+        ``routed_raft_index`` = ``last_log_index``, and ``applied``: the state
+        machines' new state, from ``Applier.install``) with a ``restart_pending`` marker
         before anything is dropped; the marker is cleared once the partition logs are
         restarted and the log is dropped through ``last_log_index``, and an open that
         finds it finishes both first.
@@ -734,7 +741,7 @@ class SegmentedLogStore(LogStore):
             self._rows.truncate(0)
             with self._router.paused():
                 try:
-                    self._router.restart(last_log_index, next_partition_indices)
+                    self._router.restart(last_log_index, next_partition_indices, applied)
                     self._finish_install(last_log_index)
                 except BaseException as exc:
                     # Half an install: a reopen finishes it from the marker.
@@ -806,7 +813,9 @@ class SegmentedLogStore(LogStore):
 
         The function returns the oldest raft index its owner still needs (the state
         machines' and the quorum's terms of DESIGN.md invariant 6); it is called from
-        the router thread and from ``compact``, so it must be quick and thread-safe.
+        the router thread and from ``compact``, ``sync_partitions`` and
+        ``truncate_to_watermark`` on the caller's thread, so it must be quick and
+        thread-safe. Register holds right after opening the store, before appending.
         """
         if not callable(required_raft_index):
             raise InvalidArgumentError("required_raft_index must be callable")

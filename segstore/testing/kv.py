@@ -19,6 +19,15 @@ _LEN = struct.Struct("<I")
 SNAPSHOT_VERSION = 1
 
 
+def _field(snapshot: bytes, offset: int) -> tuple[bytes, int]:
+    """One length-prefixed field at ``offset`` and the offset after it."""
+    (size,) = _LEN.unpack_from(snapshot, offset)
+    end = offset + 4 + size
+    if end > len(snapshot):
+        raise CorruptionError("<kv snapshot>", offset, f"a field of {size} bytes runs past the end")
+    return snapshot[offset + 4 : end], end
+
+
 class KeyValueStateMachine(PartitionStateMachine):
     """``key=value`` payloads into a dict; counts applies; last applied index kept."""
 
@@ -59,14 +68,12 @@ class KeyValueStateMachine(PartitionStateMachine):
             offset = _HEAD.size
             data: dict[bytes, bytes] = {}
             for _ in range(count):
-                (size,) = _LEN.unpack_from(snapshot, offset)
-                key = snapshot[offset + 4 : offset + 4 + size]
-                offset += 4 + size
-                (size,) = _LEN.unpack_from(snapshot, offset)
-                data[key] = snapshot[offset + 4 : offset + 4 + size]
-                offset += 4 + size
+                key, offset = _field(snapshot, offset)
+                data[key], offset = _field(snapshot, offset)
         except struct.error as exc:
             raise CorruptionError("<kv snapshot>", 0, f"truncated snapshot: {exc}") from exc
+        if offset != len(snapshot):
+            raise CorruptionError("<kv snapshot>", offset, "trailing bytes after the pairs")
         self.data = data
         self.applies = applies
         self.last_index = applies
