@@ -179,6 +179,39 @@ def run_in_scratch(
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass
+class Job:
+    """One unit of a repetition: a workload (or chain) and the prefix of its keys."""
+
+    name: str
+    prefix: str
+    run: Callable[[Path], dict[str, float]]
+
+
+def run_rotated(
+    jobs: list[Job], repeat: int, parent: Path, scratch_prefix: str
+) -> tuple[dict[str, list[float]], list[str]]:
+    """Run every job ``repeat`` times, rotating their order per repetition (so none
+    always runs first on a warm or cold disk); return the samples by key and the
+    errors (a failing job is recorded and skipped, see :func:`run_in_scratch`)."""
+    samples: dict[str, list[float]] = {}
+    errors: list[str] = []
+    width = max(len(job.name) for job in jobs)
+    for rep in range(repeat):
+        k = rep % len(jobs)
+        for job in jobs[k:] + jobs[:k]:
+            metrics = run_in_scratch(
+                job.run, parent, scratch_prefix, f"{job.name} rep {rep + 1}", errors
+            )
+            if metrics is None:
+                continue
+            for key, v in metrics.items():
+                samples.setdefault(job.prefix + key, []).append(v)
+            shown = ", ".join(f"{key}={fmt_value(v)}" for key, v in metrics.items())
+            print(f"rep {rep + 1}/{repeat} {job.name:{width}s} {shown}", file=sys.stderr)
+    return samples, errors
+
+
 def _run_group(
     group: Group,
     factory: Callable[[Path], LogLike],

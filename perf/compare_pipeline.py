@@ -26,7 +26,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import numpy as np  # noqa: E402
 import pipeline_workloads as pw  # noqa: E402
 import workloads as wl  # noqa: E402
 from baselines import RawLog  # noqa: E402
-from compare import fmt_value, run_in_scratch, write_report  # noqa: E402
+from compare import Job, fmt_value, run_rotated, write_report  # noqa: E402
 
 Metrics = dict[str, float]
 Samples = dict[str, list[float]]
@@ -79,15 +78,6 @@ ROWS = (
     Row("P3", "paced: append -> apply max, us", "P3.max_us", False),
     Row("P3", "paced: achieved entries/s", "P3.entries_per_s", True),
 )  # fmt: skip
-
-
-@dataclass
-class Job:
-    """One unit of a repetition: a workload and the prefix of its keys."""
-
-    name: str
-    prefix: str
-    run: Callable[[Path], Metrics]
 
 
 def make_jobs(scale: float, rate: float) -> list[Job]:
@@ -172,21 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(args.scale, args.rate)
-    samples: Samples = {}
-    errors: list[str] = []
     t_start = time.perf_counter()
-    for rep in range(args.repeat):
-        k = rep % len(jobs)
-        for job in jobs[k:] + jobs[:k]:
-            metrics = run_in_scratch(
-                job.run, args.dir, "pipeline-", f"{job.name} rep {rep + 1}", errors
-            )
-            if metrics is None:
-                continue
-            for key, v in metrics.items():
-                samples.setdefault(job.prefix + key, []).append(v)
-            shown = ", ".join(f"{key}={fmt_value(v)}" for key, v in metrics.items())
-            print(f"rep {rep + 1}/{args.repeat} {job.name:8s} {shown}", file=sys.stderr)
+    samples, errors = run_rotated(jobs, args.repeat, args.dir, "pipeline-")
 
     lines = [
         "# Embedded pipeline (issue #4 P1-P3) beside raw W1, one run",

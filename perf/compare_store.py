@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import numpy as np  # noqa: E402
 import store_workloads as sw  # noqa: E402
 import workloads as wl  # noqa: E402
 from baselines import RawLog, SegstoreLog  # noqa: E402
-from compare import fmt_value, run_in_scratch, write_report  # noqa: E402
+from compare import Job, fmt_value, run_rotated, write_report  # noqa: E402
 
 from segstore.raft import LogEntry  # noqa: E402
 
@@ -85,15 +84,6 @@ ROWS = (
     Row("S5", "reopen after clean close until entry_at(last), s", "S5.clean_s",
         "aof.W5.reopen_s", "Aof W5", False, "ratio", 10, "<= 10x Aof W5"),
 )  # fmt: skip
-
-
-@dataclass
-class Job:
-    """One unit of a repetition: a workload (or chain) and the prefix of its keys."""
-
-    name: str
-    prefix: str
-    run: Callable[[Path], Metrics]
 
 
 def make_jobs(scale: float, work: list[LogEntry]) -> list[Job]:
@@ -185,21 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = wl.scaled(sw.S1_ENTRIES, args.scale, 640)
     work = sw.make_entries(entries)  # built once; LogEntry is immutable, so reusable
     jobs = make_jobs(args.scale, work)
-    samples: Samples = {}
-    errors: list[str] = []
     t_start = time.perf_counter()
-    for rep in range(args.repeat):
-        k = rep % len(jobs)
-        for job in jobs[k:] + jobs[:k]:
-            metrics = run_in_scratch(
-                job.run, args.dir, "store-", f"{job.name} rep {rep + 1}", errors
-            )
-            if metrics is None:
-                continue
-            for key, v in metrics.items():
-                samples.setdefault(job.prefix + key, []).append(v)
-            shown = ", ".join(f"{key}={fmt_value(v)}" for key, v in metrics.items())
-            print(f"rep {rep + 1}/{args.repeat} {job.name:10s} {shown}", file=sys.stderr)
+    samples, errors = run_rotated(jobs, args.repeat, args.dir, "store-")
 
     lines = [
         "# SegmentedLogStore (issue #3 S1-S5) vs baselines, one run",
