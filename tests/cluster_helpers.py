@@ -51,13 +51,15 @@ def statuses(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
     return [node.call("status")["status"] for node in nodes]
 
 
-def wait_leader(nodes: list[NodeProcess], timeout: float = 60.0) -> str:
-    """The address of the leader every given node agrees on."""
+def wait_leader(nodes: list[NodeProcess], timeout: float = 60.0, *, not_: str | None = None) -> str:
+    """The address of the leader every given node agrees on (other than ``not_``:
+    right after a leader is killed, the survivors still agree on it for a while)."""
     deadline = time.monotonic() + timeout
     leaders: list[Any] = []
     while time.monotonic() < deadline:
         leaders = [node.call("status")["status"]["leader"] for node in nodes]
-        if leaders[0] is not None and all(leader == leaders[0] for leader in leaders):
+        agreed = leaders[0] is not None and all(leader == leaders[0] for leader in leaders)
+        if agreed and leaders[0] != not_:
             return str(leaders[0])
         time.sleep(0.1)
     raise TimeoutError(f"no agreed leader in {timeout}s: {leaders}")

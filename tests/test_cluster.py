@@ -85,8 +85,8 @@ def test_kill9_follower_then_leader_converges_exactly_once(tmp_path: Path) -> No
         old_leader.kill9()
         assert not report["done"], "the leader must be killed mid-load"
         survivors = [node for node in nodes if node is not old_leader]
-        new_leader = wait_leader(survivors)
-        assert new_leader != leader
+        new_leader = wait_leader(survivors, not_=leader)
+        assert new_leader in {node.address for node in survivors}
         old_leader.start()
         acked_files.append(_start_load(old_leader, per_load, f"c{old_leader.node_id}", tmp_path))
 
