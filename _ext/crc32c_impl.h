@@ -45,12 +45,16 @@ static int segstore_crc32c_have_hw = 0;
  * The hardware path runs three independent crc32 streams over adjacent blocks (the
  * instruction has a latency of 3 cycles but a throughput of 1) and merges them with
  * "append this many zero bytes" operators, as in Mark Adler's crc32c.c. The tables apply
- * those operators for blocks of LONG and SHORT bytes, one input byte at a time.
+ * those operators for blocks of LONG, SHORT and TINY bytes, one input byte at a time.
+ * TINY lets records of a few hundred bytes (the common Raft entry) use three streams
+ * too: a 290-byte frame has 192 bytes in three streams of 64.
  */
 #define SEGSTORE_CRC32C_LONG 8192
 #define SEGSTORE_CRC32C_SHORT 256
+#define SEGSTORE_CRC32C_TINY 64
 static uint32_t segstore_crc32c_long[4][256];
 static uint32_t segstore_crc32c_short[4][256];
+static uint32_t segstore_crc32c_tiny[4][256];
 
 static uint32_t segstore_gf2_times(const uint32_t *mat, uint32_t vec) {
     uint32_t sum = 0;
@@ -122,6 +126,7 @@ static void segstore_crc32c_init(void) {
     }
     segstore_crc32c_zeros(segstore_crc32c_long, SEGSTORE_CRC32C_LONG);
     segstore_crc32c_zeros(segstore_crc32c_short, SEGSTORE_CRC32C_SHORT);
+    segstore_crc32c_zeros(segstore_crc32c_tiny, SEGSTORE_CRC32C_TINY);
 #if SEGSTORE_CRC32C_X86
     __builtin_cpu_init();
     segstore_crc32c_have_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
@@ -197,6 +202,8 @@ __attribute__((target("sse4.2"))) static uint32_t segstore_crc32c_sse42(
                                    (const uint32_t(*)[256])segstore_crc32c_long);
     c = segstore_crc32c_sse42_3way(c, &p, &n, SEGSTORE_CRC32C_SHORT,
                                    (const uint32_t(*)[256])segstore_crc32c_short);
+    c = segstore_crc32c_sse42_3way(c, &p, &n, SEGSTORE_CRC32C_TINY,
+                                   (const uint32_t(*)[256])segstore_crc32c_tiny);
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
