@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segstore.node_process import ControlledProcess, NodeProcessError, free_ports
+from segstore.node_process import ControlledProcess, NodeProcess, NodeProcessError, free_ports
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
@@ -51,33 +51,18 @@ def _addresses(count: int) -> list[str]:
 def segstore_cluster(root: Path, *, tick_ms: float, append_ms: float) -> list[ControlledProcess]:
     """Three ``segstore node --control`` processes."""
     addresses = _addresses(3)
-    nodes = []
+    nodes: list[ControlledProcess] = []
     for i, address in enumerate(addresses):
-        command = [
-            sys.executable,
-            "-m",
-            "segstore.cli",
-            "node",
-            "--id",
-            str(i + 1),
-            "--dir",
-            str(root / f"n{i + 1}"),
-            "--address",
+        node = NodeProcess(
+            i + 1,
+            root / f"n{i + 1}",
             address,
-            "--partitions",
-            str(PARTITIONS),
-            "--control",
-            "--tick-ms",
-            str(tick_ms),
-            "--append-ms",
-            str(append_ms),
-        ]
-        for peer in addresses:
-            if peer != address:
-                command += ["--peer", peer]
-        nodes.append(
-            ControlledProcess(command, f"segstore-{i + 1}", root / f"n{i + 1}.stderr").start()
+            [peer for peer in addresses if peer != address],
+            PARTITIONS,
+            extra_args=["--tick-ms", str(tick_ms), "--append-ms", str(append_ms)],
+            stderr_path=root / f"n{i + 1}.stderr",
         )
+        nodes.append(node.start())
     return nodes
 
 

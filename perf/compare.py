@@ -190,11 +190,11 @@ class Job:
 
 def run_rotated(
     jobs: list[Job], repeat: int, parent: Path, scratch_prefix: str
-) -> tuple[dict[str, list[float]], list[str]]:
+) -> tuple[Samples, list[str]]:
     """Run every job ``repeat`` times, rotating their order per repetition (so none
     always runs first on a warm or cold disk); return the samples by key and the
     errors (a failing job is recorded and skipped, see :func:`run_in_scratch`)."""
-    samples: dict[str, list[float]] = {}
+    samples: Samples = {}
     errors: list[str] = []
     width = max(len(job.name) for job in jobs)
     for rep in range(repeat):
@@ -233,9 +233,17 @@ def write_report(out: Path, text: str, payload: dict[str, object]) -> None:
     print(f"written {out}", file=sys.stderr)
 
 
+Samples = dict[str, list[float]]
+"""Samples of one run by metric key (what :func:`run_rotated` collects)."""
+
+
+def median_of(values: list[float] | None) -> float | None:
+    """The median of ``values``; None when there are none (a job failed every time)."""
+    return statistics.median(values) if values else None
+
+
 def _median(samples: dict[str, dict[str, list[float]]], store: str, key: str) -> float | None:
-    vals = samples.get(store, {}).get(key)
-    return statistics.median(vals) if vals else None
+    return median_of(samples.get(store, {}).get(key))
 
 
 def build_table(

@@ -26,10 +26,10 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 PERF_DIR = Path(__file__).resolve().parent
@@ -37,6 +37,7 @@ if str(PERF_DIR) not in sys.path:
     sys.path.insert(0, str(PERF_DIR))
 
 import cluster_workloads as cw  # noqa: E402
+from compare import median_of  # noqa: E402
 
 KEYS = (
     "throughput_per_s",
@@ -49,9 +50,9 @@ KEYS = (
 )
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def _median(values: Sequence[float | None]) -> float | None:
+    """Median of the samples a run produced (a failed phase reports None)."""
+    return median_of([v for v in values if v is not None])
 
 
 def _fmt(value: float | None, key: str) -> str:

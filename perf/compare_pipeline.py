@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,10 +38,9 @@ import numpy as np  # noqa: E402
 import pipeline_workloads as pw  # noqa: E402
 import workloads as wl  # noqa: E402
 from baselines import RawLog  # noqa: E402
-from compare import Job, fmt_value, run_rotated, write_report  # noqa: E402
+from compare import Job, Samples, fmt_value, median_of, run_rotated, write_report  # noqa: E402
 
 Metrics = dict[str, float]
-Samples = dict[str, list[float]]
 
 
 @dataclass(frozen=True)
@@ -97,11 +95,6 @@ def make_jobs(scale: float, rate: float) -> list[Job]:
     ]
 
 
-def _median(samples: Samples, key: str) -> float | None:
-    vals = samples.get(key)
-    return statistics.median(vals) if vals else None
-
-
 def _spread(samples: Samples, key: str) -> str:
     vals = samples.get(key)
     if not vals:
@@ -110,12 +103,12 @@ def _spread(samples: Samples, key: str) -> str:
 
 
 def build_table(samples: Samples) -> list[str]:
-    raw = _median(samples, RAW_KEY)
+    raw = median_of(samples.get(RAW_KEY))
     head = ["id", "metric", "pipeline (median)", "min - max", "raw W1", "pipeline/raw W1",
             "target", "verdict"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for row in ROWS:
-        value = _median(samples, row.key)
+        value = median_of(samples.get(row.key))
         ratio = value / raw if row.ratio and value is not None and raw else None
         verdict = "-"
         if row.kind == "abs":

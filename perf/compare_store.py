@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -37,12 +36,11 @@ import numpy as np  # noqa: E402
 import store_workloads as sw  # noqa: E402
 import workloads as wl  # noqa: E402
 from baselines import RawLog, SegstoreLog  # noqa: E402
-from compare import Job, fmt_value, run_rotated, write_report  # noqa: E402
+from compare import Job, Samples, fmt_value, median_of, run_rotated, write_report  # noqa: E402
 
 from segstore.raft import LogEntry  # noqa: E402
 
 Metrics = dict[str, float]
-Samples = dict[str, list[float]]
 
 
 @dataclass(frozen=True)
@@ -118,17 +116,12 @@ def make_jobs(scale: float, work: list[LogEntry]) -> list[Job]:
     ]
 
 
-def _median(samples: Samples, key: str | None) -> float | None:
-    vals = samples.get(key or "")
-    return statistics.median(vals) if vals else None
-
-
 def build_table(samples: Samples) -> list[str]:
     head = ["id", "metric", "segstore", "baseline", "baseline value", "ratio", "target",
             "verdict"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for row in ROWS:
-        seg, base = _median(samples, row.key), _median(samples, row.base_key)
+        seg, base = median_of(samples.get(row.key)), median_of(samples.get(row.base_key or ""))
         ratio = seg / base if seg is not None and base else None
         verdict = "-"
         if row.kind == "ratio":
@@ -149,7 +142,7 @@ def build_table(samples: Samples) -> list[str]:
 
 
 def _env_lines(args: argparse.Namespace, samples: Samples, entries: int) -> list[str]:
-    killed = _median(samples, "S5.killed_entries")
+    killed = median_of(samples.get("S5.killed_entries"))
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; host: {platform.node()}, "
         f"{os.cpu_count()} cpus, {platform.platform()}; python {platform.python_version()}, "

@@ -172,4 +172,4 @@ class NodeProcess(ControlledProcess):
         for peer in self.peers:
             command += ["--peer", peer]
         default_stderr = os.path.join(os.path.dirname(self.data_dir), f"node{node_id}.stderr")
-        super().__init__([*command, *extra_args], f"node {node_id}", stderr_path or default_stderr)
+        super().__init__([*command, *extra_args], f"node{node_id}", stderr_path or default_stderr)
