@@ -592,15 +592,12 @@ class Node:
         the first landed entry not quorum-acknowledged. A follower only learns its own
         acknowledgements; the leader's commit index is its proof of a quorum, so its
         tracker holds nothing beyond what is not landed."""
-        required = self._processed + 1
+        unlanded = self._processed + 1
         host = self._host
-        if host is not None and host.status().is_leader:
-            acks = self.acks
-            for pid in range(self.partitions):
-                first = acks.first_pending_raft_index(pid)
-                if first is not None and first < required:
-                    required = first
-        return required
+        if host is None or not host.status().is_leader:
+            return unlanded
+        first = self.acks.oldest_pending_raft_index()
+        return unlanded if first is None else min(first, unlanded)
 
     def watermark(self) -> int:
         """The global minimum required raft index of invariant 6 on this node: the

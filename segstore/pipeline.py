@@ -276,12 +276,9 @@ class Pipeline:
 
     def _quorum_required(self) -> int:
         """The ack tracker's term of invariant 6 (a store retention hold)."""
-        required = self._processed + 1
-        for pid in range(self.partition_count):
-            first = self.acks.first_pending_raft_index(pid)
-            if first is not None and first < required:
-                required = first
-        return required
+        first = self.acks.oldest_pending_raft_index()
+        unlanded = self._processed + 1
+        return unlanded if first is None else min(first, unlanded)
 
     # -- the driver ------------------------------------------------------------------
 

@@ -741,6 +741,15 @@ class AckTracker:
             partition = self._partitions.get(pid)
             return None if partition is None else partition.first_pending_raft_index()
 
+    def oldest_pending_raft_index(self) -> int | None:
+        """The least :meth:`first_pending_raft_index` over all partitions (None: every
+        landed entry is quorum-visible): the tracker's term of invariant 6, in one
+        call that visits only partitions with pending entries."""
+        with self._lock:
+            firsts = [self._partitions[pid].first_pending_raft_index() for pid in self._pending]
+        present = [first for first in firsts if first is not None]
+        return min(present) if present else None
+
     def acks(self) -> dict[str, int]:
         """Highest acknowledged raft index of every replica that acknowledged."""
         with self._lock:

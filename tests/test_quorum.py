@@ -732,3 +732,26 @@ def test_a_custom_rule_that_raises_leaves_the_state_unchanged() -> None:
     with pytest.raises(RuntimeError, match="rule bug"):
         tracker.set_replicas(None, ["a", "b", "c"])
     assert tracker.replicas(0) == frozenset({"a", "b"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=5),
+    acks=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 40)), max_size=6),
+)
+def test_oldest_pending_raft_index_is_the_least_first_pending(
+    counts: list[int], acks: list[tuple[str, int]]
+) -> None:
+    """The one-call overall term equals the minimum over partitions, brute force."""
+    tracker = AckTracker(["a", "b", "c"])
+    raft = 0
+    for pid, count in enumerate(counts):
+        if count:
+            rafts = np.arange(raft + 1, raft + 1 + count, dtype=np.uint64)
+            tracker.record_landed(pid, np.arange(1, count + 1, dtype=np.uint64), rafts)
+            raft += count
+    for replica, index in acks:
+        tracker.ack(replica, index)
+    firsts = [tracker.first_pending_raft_index(pid) for pid in range(len(counts))]
+    present = [first for first in firsts if first is not None]
+    assert tracker.oldest_pending_raft_index() == (min(present) if present else None)
