@@ -175,8 +175,8 @@ class Pipeline:
         values = [
             encode_entry(pid, payload) for pid, payload in zip(partition_ids, payloads, strict=True)
         ]
-        for value in values:  # all or nothing: a refused entry must not leave others
-            self.store.check_value_size(value)
+        if values:  # all or nothing: a refused entry must not leave others buffered
+            self.store.check_value_size(max(values, key=len))
         counts: dict[int, int] = {}
         for pid in partition_ids:
             counts[pid] = counts.get(pid, 0) + 1
