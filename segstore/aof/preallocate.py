@@ -96,7 +96,10 @@ class SparePool:
 
     def start(self, capacity_bytes: int) -> None:
         """Prepare a spare of ``capacity_bytes`` in the background unless one will do."""
-        if self._thread is not None or self._fitting_slot(capacity_bytes) is not None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._wait()  # a finished fill's thread, if any
+        if self._fitting_slot(capacity_bytes) is not None:
             return
         free = [slot for slot, size in enumerate(self._ready) if size is None]
         if not free:
