@@ -605,6 +605,38 @@ def test_reopen_without_sidecars_rescans_and_rewrites_them(tmp_path: Path) -> No
         assert aof.recovery.sidecars_loaded == segments - 1
 
 
+class _ThreadsOfZeroFill(FileIO):
+    """Records the name of every thread that zero-fills a file."""
+
+    def __init__(self) -> None:
+        self.fill_threads: set[str] = set()
+
+    def zero_range(self, fd: int, start: int, end: int, path: str) -> None:
+        self.fill_threads.add(threading.current_thread().name)
+        super().zero_range(fd, start, end, path)
+
+
+def _wait_for_background_fill() -> None:
+    deadline = time.monotonic() + 30
+    while any(t.name == "segstore-prealloc" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the spare fill never finished"
+        time.sleep(0.01)
+
+
+def test_every_rollover_finds_a_spare_filled_in_the_background(tmp_path: Path) -> None:
+    # Segments grow 4, 8, 16 MiB; each rollover starts the next spare's fill in the
+    # background. A finished fill once kept the next one from starting, so every other
+    # rollover zero-filled a whole segment on the appending thread.
+    io = _ThreadsOfZeroFill()
+    payloads = [bytes(4000)] * 256  # ~1 MiB per batch
+    with Aof.open(tmp_path / "a", io=io, autosync=False) as aof:
+        while len(aof.segment_paths()) < 4:
+            _wait_for_background_fill()
+            aof.append_batch(payloads)
+            aof.sync()
+    assert io.fill_threads == {"segstore-prealloc"}
+
+
 def _assert_sealed_index_exact(aof: Aof) -> None:
     h = 0 if aof.header_dtype is None else aof.header_dtype.itemsize
     sealed = aof._segments[:-1]
