@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aof_helpers import open_aof
+from aof_helpers import append_range, assert_intact, open_aof
 from crash_sweep import sweep
 from crash_writer import HEADER_DTYPE, header_for, payload_for
 
@@ -409,6 +409,37 @@ def test_durable_index_after_restart_survives_power_loss(tmp_path: Path) -> None
         assert final.last_index >= reported, (
             f"records up to {reported} were reported durable, only {final.last_index} survived"
         )
+
+
+def test_restart_makes_the_name_of_a_segment_the_killed_writer_rolled_to_durable(
+    tmp_path: Path,
+) -> None:
+    # The killed writer rolled over (the new segment is a renamed spare, made durable
+    # by the next flush's directory fsync, which never came) and wrote records into
+    # it. The next process reports them durable: the directory entry must be too.
+    io = FaultyIO(real_sync=False)
+    aof = open_aof(tmp_path, io)
+    append_range(aof, 1, 20)
+    assert aof.sync() == 19
+    segments = len(aof.segment_paths())
+    stop = 20
+    while len(aof.segment_paths()) == segments:
+        append_range(aof, stop, stop + 1)
+        stop += 1
+    append_range(aof, stop, stop + 3)  # into the new segment, page cache only
+    next_io = io.survivor()
+    close_quietly(aof)
+
+    restarted = open_aof(tmp_path, next_io)
+    reported = restarted.sync()
+    assert reported == stop + 2
+    next_io.crash()
+    close_quietly(restarted)
+    with open_aof(tmp_path) as final:
+        assert final.last_index >= reported, (
+            f"records up to {reported} were reported durable, only {final.last_index} survived"
+        )
+        assert_intact(final, 1, reported + 1)
 
 
 # -- kill -9 of a real writer process ---------------------------------------------------

@@ -115,6 +115,25 @@ def test_r2_sealed_segment_without_usable_sidecar_is_rescanned(tmp_path: Path) -
         assert_intact(aof, 1, 150)
 
 
+def test_r2_sidecars_lost_in_a_power_loss_mean_a_rescan(tmp_path: Path) -> None:
+    # Sidecars are written without fsync (a crash can only cost a rescan): after a power
+    # loss that drops them, every durable record is read back from the segments.
+    io = FaultyIO(real_sync=False)
+    aof = open_aof(tmp_path, io)
+    append_range(aof, 1, 150)
+    aof.sync()
+    segments = segment_files(tmp_path)
+    assert len(segments) >= 3
+    assert all(s.with_suffix(".idx").exists() for s in segments[:-1])
+    io.crash()
+    with suppress(SegstoreError):
+        aof.close()
+    with open_aof(tmp_path) as reopened:
+        assert reopened.recovery.sidecars_loaded == 0
+        assert reopened.recovery.segments_scanned == len(segments)
+        assert_intact(reopened, 1, 150)
+
+
 def test_r3_segment_below_first_index_is_deleted(tmp_path: Path) -> None:
     # R3: a crash in truncate_before after its commit point leaves segments wholly below
     # first_index; open deletes them.

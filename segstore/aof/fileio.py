@@ -152,15 +152,21 @@ class FileIO:
             view = view[written:]
             offset += written
 
-    def replace_file(self, directory: str, name: str, data: bytes) -> None:
-        """Crash-safe replace: write temp, fsync, rename, fsync the directory."""
+    def replace_file(self, directory: str, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Crash-safe replace: write temp, fsync, rename, fsync the directory.
+
+        ``durable=False`` skips both fsyncs, for files whose readers detect a torn or
+        missing copy and fall back (sidecars: a crash can only cost a rescan).
+        """
         final = os.path.join(directory, name)
         temp = final + ".tmp"
         fd = self.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             self.write_all(fd, data, 0, temp)
-            self.fsync(fd, temp)
+            if durable:
+                self.fsync(fd, temp)
         finally:
             self.close(fd, temp)
         self.rename(temp, final)
-        self.fsync_dir(directory)
+        if durable:
+            self.fsync_dir(directory)
