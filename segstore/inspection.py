@@ -475,7 +475,7 @@ def _print_partition_logs(store: _Store, out: TextIO) -> None:
         try:
             with _open_partition(entry, pid) as plog:
                 raft = _raft_column(plog)
-                span = f"[{plog.first_index}, {plog.last_index}]"
+                span = f"[{plog.first_index}, {plog.last_index}]" if len(plog) else "-"
                 rafts = f"[{int(raft[0])}, {int(raft[-1])}]" if len(raft) else "-"
                 size = (
                     int(plog.payload_lengths(plog.first_index, plog.last_index + 1).sum())

@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,9 @@ PARTITION_SEGMENT_BYTES = 1 << 20
 """Default segment size of a partition log: small, since there may be thousands."""
 
 OPEN_MAX_DEFAULT = 64
+# Creations and fsyncs of partition logs run this many at a time: ext4 lets concurrent
+# fsyncs share one journal commit, so the burst takes less time off the log's writer.
+PARALLEL_FILE_OPS = 4
 """Default number of partition logs :class:`PartitionLogs` keeps open."""
 
 RAFT_HEADER_DTYPE: np.dtype[Any] = np.dtype([("raft_index", "<u8")])
@@ -391,6 +395,22 @@ def _raft_column(raft_indices: object, count: int) -> npt.NDArray[np.uint64]:
     return column
 
 
+_Item = TypeVar("_Item")
+
+
+def each_in_parallel(action: Callable[[_Item], object], items: Sequence[_Item]) -> None:
+    """Call ``action`` on every item, ``PARALLEL_FILE_OPS`` at a time (blocking I/O,
+    which releases the GIL); the first exception is raised once all calls are done."""
+    if len(items) <= 1:
+        for item in items:
+            action(item)
+        return
+    with ThreadPoolExecutor(PARALLEL_FILE_OPS, thread_name_prefix="segstore-io") as pool:
+        futures = [pool.submit(action, item) for item in items]
+    for future in futures:
+        future.result()
+
+
 def _ensure_directory(io: FileIO, directory: str) -> None:
     """Create ``directory`` (and parents) durably if it does not exist."""
     if os.path.isdir(directory):
@@ -594,8 +614,7 @@ class PartitionLogs:
                 for pid, _ in dirty:
                     self._pins[pid] = self._pins.get(pid, 0) + 1
             try:
-                for _, log in dirty:
-                    log.sync()
+                each_in_parallel(lambda item: item[1].sync(), dirty)
             finally:
                 with self._lock:
                     for pid, _ in dirty:
@@ -604,22 +623,34 @@ class PartitionLogs:
                 self._close_victims(victims)
             with self._lock:
                 changed = self._changes_locked()
-                # Every log reported was created before this point, so one fsync of
-                # root_dir now makes all their directory entries durable.
-                root_dirty, self._root_dirty = self._root_dirty, False
-            if root_dirty:
-                try:
-                    self._io.fsync_dir(self.root_dir)
-                except BaseException:
-                    with self._lock:
-                        self._root_dirty = True
-                    raise
+            # Every log reported was created before this point, so one fsync of
+            # root_dir now makes all their directory entries durable.
+            self._sync_root()
             with self._lock:
                 for pid, index in changed.items():
                     self._reported[pid] = index
                     if self._evicted_durable.get(pid) == index:
                         del self._evicted_durable[pid]
             return changed
+
+    def create(self, partition_ids: Iterable[int]) -> None:
+        """Create the logs of ``partition_ids`` that do not exist yet and make their
+        directory entries durable, so that no write waits for a log's creation later."""
+        existing = set(self.existing_ids())
+        each_in_parallel(self.get, [pid for pid in partition_ids if pid not in existing])
+        self._sync_root()
+
+    def _sync_root(self) -> None:
+        """fsync ``root_dir`` if a log was created since it was last synced."""
+        with self._lock:
+            root_dirty, self._root_dirty = self._root_dirty, False
+        if root_dirty:
+            try:
+                self._io.fsync_dir(self.root_dir)
+            except BaseException:
+                with self._lock:
+                    self._root_dirty = True
+                raise
 
     def _changes_locked(self) -> dict[int, int]:
         durable = dict(self._evicted_durable)

@@ -158,7 +158,8 @@ def test_store_dump(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "start index   31" in out
     assert f"log {store_dir / 'log'}" in out
     assert "partition columns of the log" in out
-    assert f"partition logs {store_dir / 'partitions'} (3)" in out
+    # All 4 partition logs exist (created with the store), partition 3 unused.
+    assert f"partition logs {store_dir / 'partitions'} (4)" in out
     assert f"checkpoints {store_dir / CHECKPOINTS_NAME}" in out
     assert "routed raft index  60" in out
     section = out.split("partition logs")[1].split("checkpoints")[0]
@@ -167,6 +168,7 @@ def test_store_dump(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None
     # 58 (20 of them), then the rewritten entry at raft index 60.
     assert rows["1"][1:5] == ["[1,", "21]", "[2,", "60]"]
     assert rows["2"][1:5] == ["[1,", "19]", "[3,", "57]"]  # entry 60 rolled back
+    assert rows["3"][1:4] == ["-", "-", "0"]
     checkpoints = out.split("routed raft index")[1]
     assert "durable index" in checkpoints and "first index" in checkpoints
     assert "OK" in out
@@ -222,7 +224,7 @@ def test_store_verify_ok(store_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     status, out, _ = run(capsys, "verify", str(store_dir))
     assert status == 0, out
     assert "PROBLEM" not in out
-    assert "partitions    verified 60 records in 3 partition logs" in out
+    assert "partitions    verified 60 records in 4 partition logs" in out
     assert "OK" in out
 
 

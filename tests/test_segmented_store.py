@@ -225,6 +225,24 @@ def snapshot(store: SegmentedLogStore) -> tuple[object, ...]:
 # -- routing and partition indices -------------------------------------------------------
 
 
+def test_opening_creates_every_partition_log_before_any_write(tmp_path: Path) -> None:
+    """Creating a partition log costs fsyncs that would compete with the log's writer,
+    so open creates every missing one (including one lost before its first record)."""
+    path = tmp_path / "s"
+    with open_store(path) as store:
+        assert sorted(os.listdir(path / "partitions"), key=int) == [
+            str(pid) for pid in range(PARTITIONS)
+        ]
+        first = store.next_slot()
+        store.append(LogEntry(1, encode_entry(0, b"x")))
+        store.end_of_append_batch(first, 1)
+    shutil.rmtree(path / "partitions" / str(PARTITIONS - 1))  # never written
+    with open_store(path) as store:
+        assert (path / "partitions" / str(PARTITIONS - 1)).is_dir()
+        store.sync_partitions()
+        assert partition_contents(store, 0) == (1, [b"x"], [first])
+
+
 def test_routing_projects_the_log_onto_partitions(tmp_path: Path) -> None:
     """After sync_partitions each partition log is the log's projection onto it."""
     history: History = []

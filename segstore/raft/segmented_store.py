@@ -205,6 +205,7 @@ class SegmentedLogStore(LogStore):
             if interrupted:  # a snapshot install was cut short: finish it first
                 self._router.restart_partitions()
                 self._finish_install(interrupted - 1)
+            self._partitions.create(range(self.partition_count))
             # Recovery's undo and redo run in the router thread (woken below): reads
             # need no partitions, and appends only the next indices, which the header
             # columns of the records not yet routed give directly.
