@@ -364,45 +364,56 @@ def encode_one(out, Py_ssize_t out_offset, payload, header, long long index, lon
     return written
 
 
-def encode_batch(out, Py_ssize_t out_offset, payloads, const uint32_t[::1] payload_lengths,
-                 headers, long long header_bytes, long long first_index, long long epoch,
-                 long long durable_index, long long base_offset,
-                 uint32_t[::1] frame_offsets_out):
+def encode_gathered(out, Py_ssize_t out_offset, source, const uint64_t[::1] payload_offsets,
+                    const uint32_t[::1] payload_lengths, Py_ssize_t start, headers,
+                    long long header_bytes, long long first_index, long long epoch,
+                    long long durable_index, long long base_offset,
+                    uint32_t[::1] frame_offsets_out):
     """Write n frames back to back at ``out[out_offset:]``; return the bytes written.
 
-    ``payloads`` holds all n payloads back to back (``sum(payload_lengths)`` bytes);
-    ``headers`` holds n * ``header_bytes`` bytes. Frame k gets index ``first_index + k``
+    Record k (``n = len(frame_offsets_out)``) carries payload ``start + k``:
+    ``source[payload_offsets[j]:payload_offsets[j] + payload_lengths[j]]`` with
+    ``j = start + k``, so payloads may lie anywhere in one buffer (another log's
+    mapping, say) and no Python object per payload is needed; ``headers`` holds the n
+    records' ``n * header_bytes`` header bytes. Frame k gets index ``first_index + k``
     and ``frame_offsets_out[k] = base_offset + `` its offset relative to ``out_offset``
-    (so ``base_offset`` is the file offset ``out[out_offset]`` will be written at).
+    (so ``base_offset`` is the file offset ``out[out_offset]`` will be written at). GIL
+    released. ValueError, with nothing written, when a payload lies outside ``source``.
     """
     _check_nonneg(header_bytes, "header_bytes")
     _check_nonneg(first_index, "first_index")
     _check_u32(epoch, "epoch")
     _check_nonneg(durable_index, "durable_index")
     _check_nonneg(base_offset, "base_offset")
-    cdef Py_ssize_t n = payload_lengths.shape[0]
-    cdef Py_ssize_t k
-    cdef uint64_t total = 0, payload_total = 0, pos = 0, payload_pos = 0, index
+    cdef Py_ssize_t n = frame_offsets_out.shape[0]
+    if payload_offsets.shape[0] != payload_lengths.shape[0]:
+        raise ValueError(f"payload_offsets has {payload_offsets.shape[0]} entries, "
+                         f"payload_lengths {payload_lengths.shape[0]}")
+    if start < 0 or start + n > payload_lengths.shape[0]:
+        raise ValueError(f"records [{start}, {start + n}) outside the "
+                         f"{payload_lengths.shape[0]} payloads")
+    cdef Py_ssize_t k, j
+    cdef uint64_t total = 0, pos = 0, index
     cdef uint64_t h = <uint64_t>header_bytes
-    if frame_offsets_out.shape[0] < n:
-        raise ValueError(f"frame_offsets_out holds {frame_offsets_out.shape[0]} entries, "
-                         f"the batch has {n} records")
     for k in range(n):
-        total += _frame_bytes(h, payload_lengths[k])
-        payload_total += payload_lengths[k]
+        total += _frame_bytes(h, payload_lengths[start + k])
     if <uint64_t>base_offset + total > _U32_MAX:
         raise ValueError(f"batch of {total} bytes at file offset {base_offset} would pass "
                          "the u32 offset range")
-    cdef Py_buffer out_view, payloads_view, headers_view
-    _acquire(payloads, &payloads_view, False, "payloads")
+    cdef Py_buffer out_view, source_view, headers_view
+    _acquire(source, &source_view, False, "source")
     try:
         _acquire(headers, &headers_view, False, "headers")
         try:
             _acquire(out, &out_view, True, "out")
             try:
-                if <uint64_t>payloads_view.len != payload_total:
-                    raise ValueError(f"payloads has {payloads_view.len} bytes, "
-                                     f"payload_lengths sum to {payload_total}")
+                for k in range(n):
+                    j = start + k
+                    if (payload_offsets[j] > <uint64_t>source_view.len
+                            or payload_lengths[j] > <uint64_t>source_view.len - payload_offsets[j]):
+                        raise ValueError(f"payload {j} ({payload_lengths[j]} bytes at "
+                                         f"{payload_offsets[j]}) lies outside the "
+                                         f"{source_view.len}-byte source")
                 if <uint64_t>headers_view.len != h * <uint64_t>n:
                     raise ValueError(f"headers has {headers_view.len} bytes, expected "
                                      f"{n} records x {h} bytes")
@@ -411,22 +422,22 @@ def encode_batch(out, Py_ssize_t out_offset, payloads, const uint32_t[::1] paylo
                                      f"offset {out_offset} does not fit")
                 with nogil:
                     for k in range(n):
+                        j = start + k
                         index = <uint64_t>first_index + <uint64_t>k
                         frame_offsets_out[k] = <uint32_t>(<uint64_t>base_offset + pos)
                         pos += _encode(
                             <unsigned char*>out_view.buf + out_offset + pos,
-                            <const unsigned char*>payloads_view.buf + payload_pos,
-                            payload_lengths[k],
+                            <const unsigned char*>source_view.buf + payload_offsets[j],
+                            payload_lengths[j],
                             <const unsigned char*>headers_view.buf + h * <uint64_t>k, h,
                             index, <uint32_t>epoch,
                             _durable_lag(index, <uint64_t>durable_index))
-                        payload_pos += payload_lengths[k]
             finally:
                 PyBuffer_Release(&out_view)
         finally:
             PyBuffer_Release(&headers_view)
     finally:
-        PyBuffer_Release(&payloads_view)
+        PyBuffer_Release(&source_view)
     return pos
 
 
@@ -491,7 +502,7 @@ def encode_payloads(out, Py_ssize_t out_offset, payloads, Py_ssize_t start,
                     const uint32_t[::1] payload_lengths, headers, long long header_bytes,
                     long long first_index, long long epoch, long long durable_index,
                     long long base_offset, uint32_t[::1] frame_offsets_out):
-    """Like :func:`encode_batch`, straight from a list of payload objects (no join).
+    """Like :func:`encode_gathered`, straight from a list of payload objects (no join).
 
     Encodes ``payloads[start:start + n]`` with ``n = len(frame_offsets_out)``, whose
     sizes ``payload_lengths[start:start + n]`` came from :func:`measure_payloads`;

@@ -86,7 +86,7 @@ FRAME_EPOCH = 3
 
 def frame_specs(header_bytes: int) -> list[tuple[bytes, bytes, int, int, int]]:
     """Inputs of the frames in ``frames_h<H>.bin``: (payload, header raw, index, epoch,
-    durable index). Two runs of eight frames share a durable index (so encode_batch can
+    durable index). Two runs of eight frames share a durable index (so encode_gathered can
     write each run); the last frame's durable lag does not fit in u32 (unknown)."""
     specs = []
     for k in range(16):

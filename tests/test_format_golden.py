@@ -158,11 +158,11 @@ def test_frames_encode_to_golden(header_bytes: int) -> None:
 
 
 @pytest.mark.parametrize("header_bytes", [0, H])
-def test_encode_batch_matches_golden_frames(header_bytes: int) -> None:
+def test_encode_gathered_matches_golden_frames(header_bytes: int) -> None:
     specs = golden.frame_specs(header_bytes)[:16]  # consecutive indices, one epoch
     durable = {s[4] for s in specs}
     expected = read_golden(f"frames_h{header_bytes}.bin")
-    # encode_batch takes one durable index per batch: check each run that shares one
+    # encode_gathered takes one durable index per batch: check each run that shares one
     start = 0
     offset = 0
     while start < len(specs):
@@ -174,11 +174,13 @@ def test_encode_batch_matches_golden_frames(header_bytes: int) -> None:
         size = kernels.batch_bytes(header_bytes, lengths)
         out = bytearray(size)
         offsets = np.zeros(len(run), np.uint32)
-        written = kernels.encode_batch(
+        written = kernels.encode_gathered(
             out,
             0,
             b"".join(p for p, *_ in run),
+            np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.uint64),
             lengths,
+            0,
             np.frombuffer(b"".join(h for _, h, *_ in run), np.uint8),
             header_bytes,
             run[0][2],

@@ -35,7 +35,7 @@ from segstore.aof.kernels import (
     ScanEnd,
     batch_bytes,
     check_frame,
-    encode_batch,
+    encode_gathered,
     encode_one,
     find_durable_evidence,
     frame_bytes,
@@ -146,6 +146,18 @@ def header_for(k: int, header_bytes: int) -> bytes:
     return bytes((k * 7 + j + 1) & 0xFF for j in range(header_bytes))
 
 
+def scattered(payloads: list[bytes]) -> tuple[bytes, np.ndarray]:
+    """``payloads`` in one buffer in reverse order with junk between them, and each
+    one's offset there: what ``encode_gathered`` reads from."""
+    source = bytearray()
+    offsets = [0] * len(payloads)
+    for k in reversed(range(len(payloads))):
+        source += b"junk"
+        offsets[k] = len(source)
+        source += payloads[k]
+    return bytes(source + b"tail"), np.array(offsets, np.uint64)
+
+
 def kernel_batch(
     payloads: list[bytes],
     header_bytes: int,
@@ -158,11 +170,14 @@ def kernel_batch(
     out = bytearray(b"\xaa" * batch_bytes(header_bytes, lengths))
     offsets = np.zeros(len(payloads), np.uint32)
     headers = b"".join(header_for(k, header_bytes) for k in range(len(payloads)))
-    written = encode_batch(
+    source, payload_offsets = scattered(payloads)
+    written = encode_gathered(
         out,
         0,
-        b"".join(payloads),
+        source,
+        payload_offsets,
         lengths,
+        0,
         headers,
         header_bytes,
         first_index,
@@ -238,7 +253,7 @@ def test_durable_lag_field() -> None:
     out_offset=st.integers(0, 9),
     base_offset=st.integers(0, 2**20).map(lambda x: x * 8),
 )
-def test_encode_batch_matches_model(
+def test_encode_gathered_matches_model(
     payloads: list[bytes],
     header_bytes: int,
     first_index: int,
@@ -247,18 +262,22 @@ def test_encode_batch_matches_model(
     out_offset: int,
     base_offset: int,
 ) -> None:
-    frames = model_frames(payloads, header_bytes, first_index, epoch, durable_index)
+    # Encode all but the first payload (start=1), gathered from a scattered source.
+    frames = model_frames(payloads[1:], header_bytes, first_index, epoch, durable_index)
     lengths = np.array([len(p) for p in payloads], np.uint32)
-    total = batch_bytes(header_bytes, lengths)
+    total = batch_bytes(header_bytes, lengths[1:])
     assert total == sum(len(f) for f in frames)
     out = bytearray(b"\x55" * (out_offset + total))
-    offsets = np.zeros(len(payloads) + 2, np.uint32)  # larger than needed is fine
-    headers = b"".join(header_for(k, header_bytes) for k in range(len(payloads)))
-    written = encode_batch(
+    offsets = np.zeros(len(payloads) - 1, np.uint32)
+    headers = b"".join(header_for(k, header_bytes) for k in range(len(payloads) - 1))
+    source, payload_offsets = scattered(payloads)
+    written = encode_gathered(
         out,
         out_offset,
-        b"".join(payloads),
+        source,
+        payload_offsets,
         lengths,
+        1,
         headers,
         header_bytes,
         first_index,
@@ -270,7 +289,7 @@ def test_encode_batch_matches_model(
     assert written == total
     assert bytes(out[out_offset:]) == b"".join(frames)
     starts = np.cumsum([0] + [len(f) for f in frames[:-1]])
-    assert offsets[: len(frames)].tolist() == (base_offset + starts).tolist()
+    assert offsets.tolist() == (base_offset + starts[: len(frames)]).tolist()
 
 
 def test_encode_rejects_unusable_arguments() -> None:
@@ -289,18 +308,24 @@ def test_encode_rejects_unusable_arguments() -> None:
         with pytest.raises(ValueError):
             encode_one(bytearray(64), 0, b"abc", b"", **args)
     out = bytearray(200)
-    with pytest.raises(ValueError, match="payload_lengths sum"):
-        encode_batch(out, 0, b"abcdef", lengths, b"", 0, 1, 1, 0, 0, offsets)
+    source, at = scattered([b"abc", b"defg"])
+    with pytest.raises(ValueError, match="outside the 10-byte source"):
+        encode_gathered(out, 0, source[:10], at, lengths, 0, b"", 0, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="payload_offsets has 1"):
+        encode_gathered(out, 0, source, at[:1], lengths, 0, b"", 0, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="outside the 2 payloads"):
+        encode_gathered(out, 0, source, at, lengths, 1, b"", 0, 1, 1, 0, 0, offsets)
     with pytest.raises(ValueError, match="headers"):
-        encode_batch(out, 0, b"abcdefg", lengths, b"xx", 2, 1, 1, 0, 0, offsets)
-    with pytest.raises(ValueError, match="frame_offsets_out"):
-        encode_batch(out, 0, b"abcdefg", lengths, b"", 0, 1, 1, 0, 0, offsets[:1])
+        encode_gathered(out, 0, source, at, lengths, 0, b"xx", 2, 1, 1, 0, 0, offsets)
     with pytest.raises(ValueError, match="does not fit"):
-        encode_batch(bytearray(40), 0, b"abcdefg", lengths, b"", 0, 1, 1, 0, 0, offsets)
+        encode_gathered(bytearray(40), 0, source, at, lengths, 0, b"", 0, 1, 1, 0, 0, offsets)
     with pytest.raises(ValueError, match="u32 offset"):
-        encode_batch(out, 0, b"abcdefg", lengths, b"", 0, 1, 1, 0, 2**32 - 16, offsets)
+        encode_gathered(out, 0, source, at, lengths, 0, b"", 0, 1, 1, 0, 2**32 - 16, offsets)
     with pytest.raises(ValueError):  # wrong dtype
-        encode_batch(out, 0, b"abcdefg", lengths.astype(np.int64), b"", 0, 1, 1, 0, 0, offsets)
+        encode_gathered(
+            out, 0, source, at, lengths.astype(np.int64), 0, b"", 0, 1, 1, 0, 0, offsets
+        )
+    assert out == bytearray(200)  # nothing written by any refused call
     with pytest.raises(ValueError):
         frame_bytes(-1, 0)
     with pytest.raises(ValueError):

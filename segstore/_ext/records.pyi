@@ -51,11 +51,13 @@ def encode_one(
 ) -> int:
     """Write one frame at ``out[out_offset:]`` and return its size."""
 
-def encode_batch(
+def encode_gathered(
     out: BufferLike,
     out_offset: int,
-    payloads: BufferLike,
+    source: BufferLike,
+    payload_offsets: npt.NDArray[np.uint64],
     payload_lengths: npt.NDArray[np.uint32],
+    start: int,
     headers: BufferLike,
     header_bytes: int,
     first_index: int,
@@ -64,7 +66,7 @@ def encode_batch(
     base_offset: int,
     frame_offsets_out: npt.NDArray[np.uint32],
 ) -> int:
-    """Write n frames back to back at ``out[out_offset:]``; return the bytes written."""
+    """Write frames of payloads gathered from ``source``; return the bytes written."""
 
 def measure_payloads(payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]) -> int:
     """Fill ``lengths_out`` with each payload's size; return the sum."""
