@@ -223,13 +223,46 @@ class PartitionLogStore:
         last record's; otherwise :class:`PartitionError` and nothing is written. Not
         durable until :meth:`sync`. Returns the last partition index (``last_index``).
         """
-        first = _as_int(first_partition_index, "first_partition_index")
         if isinstance(payloads, (bytes, bytearray, memoryview, str)):
             raise InvalidArgumentError("payloads must be a sequence of byte buffers")
         try:
             count = len(payloads)
         except TypeError:
             raise InvalidArgumentError("payloads must be a sequence of byte buffers") from None
+        return self._append(
+            first_partition_index,
+            raft_indices,
+            count,
+            lambda headers: self._aof.append_batch(payloads, headers),
+        )
+
+    def append_gathered(
+        self,
+        first_partition_index: int,
+        source: Payload,
+        offsets: npt.NDArray[np.uint64],
+        lengths: npt.NDArray[np.uint32],
+        raft_indices: Sequence[int] | npt.NDArray[np.integer[Any]],
+    ) -> int:
+        """:meth:`append_batch` with payload k at ``source[offsets[k]:offsets[k] +
+        lengths[k]]`` (:meth:`Aof.append_gathered`: no Python object per payload)."""
+        return self._append(
+            first_partition_index,
+            raft_indices,
+            len(lengths),
+            lambda headers: self._aof.append_gathered(source, offsets, lengths, headers),
+        )
+
+    def _append(
+        self,
+        first_partition_index: int,
+        raft_indices: Sequence[int] | npt.NDArray[np.integer[Any]],
+        count: int,
+        write: Callable[[npt.NDArray[np.void]], int],
+    ) -> int:
+        """Check the partition and raft indices of ``count`` records, then ``write``
+        them with their raft-index headers."""
+        first = _as_int(first_partition_index, "first_partition_index")
         raft = _raft_column(raft_indices, count)
         with self._lock:
             if first != self.next_index:
@@ -246,8 +279,7 @@ class PartitionLogStore:
                     f"partition {self.partition_id}: raft index {int(raft[0])} does not "
                     f"follow the last record's raft index {self._last_raft_index}"
                 )
-            headers = raft.view(RAFT_HEADER_DTYPE)
-            last = self._aof.append_batch(payloads, headers)
+            last = write(raft.view(RAFT_HEADER_DTYPE))
             self._last_raft_index = int(raft[-1])
             return last
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 import numpy.typing as npt
 
-from segstore.aof import Aof
+from segstore.aof import Aof, PayloadSpan
 from segstore.checkpoints import AppliedUpdate, CheckpointStore, PartitionCheckpoint
 from segstore.errors import CorruptionError
 from segstore.partitions import PartitionLogs, PartitionLogStore
@@ -147,23 +147,26 @@ class Router:
             if upto < low:
                 self._routed = max(self._routed, upto)
                 return 0
-            headers = self._log.headers(low, upto + 1)
-            pids = headers["partition_id"]
-            routed = pids != NO_PARTITION
-            if routed.any():
-                # bytes, not views: for records of a few hundred bytes a copy costs a
-                # third of a memoryview in CPython (docs/PERFORMANCE.md, W4).
-                values = self._log.read_range(low, upto + 1, copy=True)
+            for span_low, span in self._log_spans(low, upto + 1):
+                headers = self._log.headers(span_low, span_low + len(span.lengths))
+                pids = headers["partition_id"]
                 order = np.argsort(pids, kind="stable")
-                sorted_pids = pids[order]
-                cuts = np.flatnonzero(np.diff(sorted_pids)) + 1
+                cuts = np.flatnonzero(np.diff(pids[order])) + 1
                 for positions in np.split(order, cuts):
                     pid = int(pids[positions[0]])
                     if pid != NO_PARTITION:
-                        self._append(pid, low, positions, headers, values)
+                        self._append(pid, span_low, positions, headers, span)
             self._routed = upto
             self._publish_required()
             return upto - low + 1
+
+    def _log_spans(self, start: int, end: int) -> list[tuple[int, PayloadSpan]]:
+        """The log's payload spans of records ``[start, end)``, each with its first index."""
+        spans = []
+        for span in self._log.payload_spans(start, end):
+            spans.append((start, span))
+            start += len(span.lengths)
+        return spans
 
     def _append(
         self,
@@ -171,7 +174,7 @@ class Router:
         low: int,
         positions: npt.NDArray[np.intp],
         headers: npt.NDArray[np.void],
-        values: list[bytes],
+        span: PayloadSpan,
     ) -> None:
         raft = positions.astype(np.uint64) + np.uint64(low)
         indices = headers["partition_index"][positions]
@@ -190,8 +193,16 @@ class Router:
                     f"partition {pid}: log record {int(raft[skip])} has partition index "
                     f"{first} but the partition log's next index is {plog.next_index}",
                 )
-            payloads = [values[k][PARTITION_HEADER_BYTES:] for k in positions[skip:].tolist()]
-            plog.append_batch(first, payloads, raft[skip:])
+            # Partition payloads are the log's values past their partition header,
+            # encoded straight from the log's mapping.
+            kept = positions[skip:]
+            plog.append_gathered(
+                first,
+                span.view,
+                span.offsets[kept] + np.uint64(PARTITION_HEADER_BYTES),
+                span.lengths[kept] - np.uint32(PARTITION_HEADER_BYTES),
+                raft[skip:],
+            )
             self._next_index[pid] = plog.next_index
             self._last_raft[pid] = int(raft[-1])
 

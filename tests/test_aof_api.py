@@ -25,6 +25,7 @@ from segstore.aof import Aof, FileIO
 from segstore.aof.format import SEGMENT_HEADER_BYTES, frame_bytes, segment_name, sidecar_name
 from segstore.errors import (
     ClosedError,
+    CorruptionError,
     IndexOutOfRangeError,
     InvalidArgumentError,
     StoreLockedError,
@@ -269,6 +270,47 @@ def test_append_batch_spans_several_segments_with_headers(tmp_path: Path) -> Non
     with open_aof(path) as aof:
         assert [bytes(v) for v in aof.read_range(1, 321)] == first_batch + second
         assert aof.headers(1, 301).tolist() == heads.tolist()
+
+
+def test_payload_spans_feed_append_gathered_across_segments(tmp_path: Path) -> None:
+    # Records copied from one Aof to another straight from its mappings, each payload
+    # cut by 2 bytes at the front, with headers; both logs span several segments.
+    payloads = [payload_of(i) + b"xy" for i in range(1, 301)]
+    heads = np.array([header_of(i) for i in range(1, 301)], HEADER_DTYPE)
+    with (
+        open_aof(tmp_path / "a") as source,
+        open_aof(tmp_path / "b", header_dtype=HEADER_DTYPE) as target,
+    ):
+        source.append_batch(payloads)
+        spans = source.payload_spans(1, 301)
+        assert len(spans) == len(source.segment_paths()) >= 3
+        assert sum(len(span.lengths) for span in spans) == 300
+        done = 0
+        for span in spans:
+            rows = heads[done : done + len(span.lengths)]
+            done = target.append_gathered(span.view, span.offsets + 2, span.lengths - 2, rows)
+        assert done == 300
+        assert len(target.segment_paths()) >= 3
+        assert [bytes(v) for v in target.read_range(1, 301)] == [p[2:] for p in payloads]
+        assert target.headers(1, 301).tolist() == heads.tolist()
+
+
+def test_payload_spans_checks_crcs(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    with open_aof(path) as aof:
+        aof.append_batch([payload_of(i) for i in range(1, 101)])
+        segment = aof.segment_paths()[0]
+        offset = int(aof._segments[0].offsets[5])
+    with open(segment, "r+b") as f:
+        f.seek(offset + 30)
+        byte = f.read(1)
+        f.seek(offset + 30)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with open_aof(path) as aof:
+        with pytest.raises(CorruptionError) as caught:
+            aof.payload_spans(1, 101)
+        assert caught.value.path == str(segment)
+        assert caught.value.offset == offset
 
 
 def test_read_range_across_segments_matches_read(tmp_path: Path) -> None:
@@ -870,8 +912,6 @@ def test_read_range_copy_returns_bytes_that_outlive_the_store(tmp_path: Path) ->
 
 
 def test_read_range_copy_checks_crcs(tmp_path: Path) -> None:
-    from segstore.errors import CorruptionError
-
     path = tmp_path / "a"
     with open_aof(path) as aof:
         fill(aof, 3)

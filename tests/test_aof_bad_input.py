@@ -123,6 +123,42 @@ def test_append_batch_refuses_non_sequence_or_non_buffers(store: Path, payloads:
     assert isinstance(error, ValueError)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"abcdef", [0, 2], [2]),  # shapes differ
+        (b"abcdef", [], []),  # empty
+        (b"abcdef", [[0]], [[2]]),  # not 1-d
+        (b"abcdef", [4], [3]),  # runs past the end
+        (b"abcdef", [7], [0]),  # starts past the end
+        (b"abcdef", [-1], [2]),  # negative offset
+        (b"abcdef", [0], [2**32]),  # length beyond u32
+        ("text", [0], [2]),  # not a buffer
+        (b"abcdef", ["a"], [2]),  # not integers
+    ],
+    ids=[
+        "shapes",
+        "empty",
+        "2-d",
+        "past-end",
+        "start-past-end",
+        "negative",
+        "huge",
+        "str",
+        "str-offsets",
+    ],
+)
+def test_append_gathered_refuses_bad_spans(store: Path, args: tuple[Any, Any, Any]) -> None:
+    """Offsets and lengths that do not describe payloads inside the source: nothing
+    written."""
+    source, offsets, lengths = args
+    raises_in_open_store(
+        store,
+        lambda aof: aof.append_gathered(source, offsets, lengths),
+        InvalidArgumentError,
+    )
+
+
 def test_wide_buffers_are_stored_as_their_bytes(store: Path) -> None:
     """Any C-contiguous buffer is a payload of its raw bytes, as with ``os.write``."""
     wide = np.arange(3, dtype=np.uint32)

@@ -88,6 +88,22 @@ def test_append_and_read(log: PartitionLogStore, root: Path) -> None:
         log.raft_indices(1, 6)
 
 
+def test_append_gathered_checks_indices_like_append_batch(log: PartitionLogStore) -> None:
+    source = b"..alpha..beta.gamma"
+    at = np.array([2, 9, 14], np.uint64)
+    sizes = np.array([5, 4, 5], np.uint32)
+    assert log.append_gathered(1, source, at[:2], sizes[:2], [4, 6]) == 2
+    with pytest.raises(PartitionError, match="next index is 3"):
+        log.append_gathered(2, source, at[2:], sizes[2:], [9])
+    with pytest.raises(PartitionError, match="does not follow"):
+        log.append_gathered(3, source, at[2:], sizes[2:], [6])
+    with pytest.raises(InvalidArgumentError, match="one integer per payload"):
+        log.append_gathered(3, source, at[2:], sizes[2:], [9, 10])
+    assert log.append_gathered(3, source, at[2:], sizes[2:], [9]) == 3
+    assert [bytes(v) for v in log.entries(1, 4)] == [b"alpha", b"beta", b"gamma"]
+    assert log.raft_indices(1, 4).tolist() == [4, 6, 9]
+
+
 def test_many_records_over_many_segments(log: PartitionLogStore) -> None:
     rafts = list(range(10, 3010, 3))
     for start in range(0, len(rafts), 97):

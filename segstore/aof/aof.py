@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,19 @@ class SegmentInfo:
     capacity_bytes: int
     sealed: bool
     has_sidecar: bool
+
+
+@dataclass(frozen=True)
+class PayloadSpan:
+    """Where the payloads of consecutive records lie in one segment's mapping.
+
+    Payload k is ``view[offsets[k]:offsets[k] + lengths[k]]`` (the form
+    :meth:`Aof.append_gathered` takes); ``view`` lives as long as :meth:`Aof.read`'s.
+    """
+
+    view: memoryview
+    offsets: npt.NDArray[np.uint64]
+    lengths: npt.NDArray[np.uint32]
 
 
 class Aof:
@@ -473,7 +486,47 @@ class Aof:
             kernels.measure_payloads(payloads, lengths)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"payloads must be byte buffers: {exc}") from None
-        header_table = self._header_table(headers, count)
+        return self._append_records(payloads, None, lengths, self._header_table(headers, count))
+
+    def append_gathered(
+        self,
+        source: Payload,
+        offsets: npt.ArrayLike,
+        lengths: npt.ArrayLike,
+        headers: Any = None,
+    ) -> int:
+        """Append records whose payloads lie in one buffer; return the last index.
+
+        Payload k is ``source[offsets[k]:offsets[k] + lengths[k]]`` (another Aof's
+        mapping, say, from :meth:`payload_spans`): encoded by one compiled call with the
+        GIL released and no Python object per payload. Otherwise like
+        :meth:`append_batch`, checks first included.
+        """
+        try:
+            at = np.ascontiguousarray(offsets, np.uint64)
+            sizes = np.ascontiguousarray(lengths, np.uint32)
+            size = memoryview(source).nbytes
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"gathered payloads: {exc}") from None
+        if at.ndim != 1 or at.shape != sizes.shape or not len(at):
+            raise InvalidArgumentError(
+                f"offsets and lengths must be two equal, non-empty 1-d arrays, not shapes "
+                f"{at.shape} and {sizes.shape}"
+            )
+        if int(at.max()) > size or bool(np.any(sizes > size - np.minimum(at, size))):
+            raise InvalidArgumentError(f"a payload lies outside the {size}-byte source")
+        return self._append_records(source, at, sizes, self._header_table(headers, len(at)))
+
+    def _append_records(
+        self,
+        payloads: Sequence[Payload] | Payload,
+        offsets: npt.NDArray[np.uint64] | None,
+        lengths: npt.NDArray[np.uint32],
+        header_table: npt.NDArray[np.uint8],
+    ) -> int:
+        """Write checked records, one pwrite per segment: ``payloads`` is a sequence of
+        buffers, or with ``offsets`` one buffer holding them all."""
+        count = len(lengths)
         self._check_fits(kernels.frame_bytes(self._header_bytes, int(lengths.max())))
         with self._write_lock:
             self._check_writable()
@@ -486,7 +539,7 @@ class Aof:
                     lengths, done, self._header_bytes, segment.free_bytes
                 )
                 self._append_chunk(
-                    segment, payloads, done, take, lengths, header_table, chunk_bytes
+                    segment, payloads, offsets, done, take, lengths, header_table, chunk_bytes
                 )
                 done += take
             last = self._last_index
@@ -496,7 +549,8 @@ class Aof:
     def _append_chunk(
         self,
         segment: Segment,
-        payloads: list[Payload] | tuple[Payload, ...],
+        payloads: Sequence[Payload] | Payload,
+        offsets: npt.NDArray[np.uint64] | None,
         done: int,
         take: int,
         lengths: npt.NDArray[np.uint32],
@@ -510,20 +564,18 @@ class Aof:
         scratch = self._scratch_of(chunk_bytes)
         offset = segment.end_offset
         headers = header_table[done * h : (done + take) * h]
-        kernels.encode_payloads(
-            scratch,
-            0,
-            payloads,
-            done,
-            lengths,
-            headers,
-            h,
-            self._last_index + 1,
-            self._meta.epoch,
-            self._commit.durable_index,
-            offset,
-            segment.offsets[start : start + take],
-        )
+        frame_offsets = segment.offsets[start : start + take]
+        first, epoch, durable = self._last_index + 1, self._meta.epoch, self._commit.durable_index
+        if offsets is None:
+            kernels.encode_payloads(
+                scratch, 0, cast("Sequence[Payload]", payloads), done, lengths, headers, h,
+                first, epoch, durable, offset, frame_offsets,
+            )  # fmt: skip
+        else:
+            kernels.encode_gathered(
+                scratch, 0, cast("Payload", payloads), offsets, lengths, done, headers, h,
+                first, epoch, durable, offset, frame_offsets,
+            )  # fmt: skip
         self._write(segment, memoryview(scratch)[:chunk_bytes])
         segment.lengths[start : start + take] = lengths[done : done + take]
         if h:
@@ -844,6 +896,31 @@ class Aof:
                 out.extend(views)
         return out
 
+    def payload_spans(self, start: int, end: int) -> list[PayloadSpan]:
+        """Where the payloads of records ``[start, end)`` lie, one span per segment,
+        after checking their CRCs like :meth:`read_range`; no payload is copied."""
+        spans = []
+        h = self._header_bytes
+        for segment, lo, hi in self._spans(start, end):
+            view = segment.view()
+            frames = segment.offsets[lo:hi]
+            lengths = segment.lengths[lo:hi]
+            if self._verify_reads:
+                bad, status = kernels.verify_frames(
+                    view, frames, lengths, h, segment.first_index + lo
+                )
+                if status:
+                    kernels.raise_for_frame_status(
+                        status,
+                        segment.path,
+                        int(frames[bad]),
+                        segment.first_index + lo + bad,
+                        segment=view,
+                    )
+            payloads = frames.astype(np.uint64) + np.uint64(FRAME_HEADER_BYTES + h)
+            spans.append(PayloadSpan(view, payloads, lengths))
+        return spans
+
     def headers(self, start: int, end: int) -> npt.NDArray[Any]:
         """Headers of records ``[start, end)`` as one structured array (a copy)."""
         dtype = self._require_dtype()
@@ -1100,4 +1177,4 @@ def _check_segment_bytes(segment_bytes: int) -> None:
         )
 
 
-__all__ = ["SEGMENT_BYTES_DEFAULT", "Aof", "SegmentInfo"]
+__all__ = ["SEGMENT_BYTES_DEFAULT", "Aof", "PayloadSpan", "SegmentInfo"]
