@@ -40,6 +40,7 @@ from libc.string cimport memcpy, memset
 cdef extern from "crc32c_impl.h" nogil:
     void segstore_crc32c_init()
     uint32_t segstore_crc32c(uint32_t crc, const unsigned char* p, size_t n)
+    void segstore_crc32c_x3(const unsigned char* const* p, const size_t* n, uint32_t* out)
 
 
 cdef extern from *:
@@ -276,20 +277,74 @@ cdef long long _find_evidence(const unsigned char* seg, uint64_t seg_len, uint64
     return -1
 
 
-cdef inline int _verify(const unsigned char* seg, uint64_t seg_len, uint64_t offset,
-                        uint64_t header_bytes, uint64_t expected_index,
-                        uint64_t payload_bytes) noexcept nogil:
+cdef inline int _check_extent(const unsigned char* seg, uint64_t seg_len, uint64_t offset,
+                              uint64_t header_bytes, uint64_t payload_bytes) noexcept nogil:
+    # What _verify checks before the CRC.
     if offset > seg_len or _frame_bytes(header_bytes, payload_bytes) > seg_len - offset:
         return _OUT_OF_BOUNDS
-    cdef const unsigned char* frame = seg + offset
     # Length before CRC: the CRC covers P bytes, so a wrong P would only show as a bad CRC.
-    if load_u32(frame + 4) != payload_bytes:
+    if load_u32(seg + offset + 4) != payload_bytes:
         return _BAD_LENGTH
-    if load_u32(frame) != _frame_crc(frame, header_bytes, <uint32_t>payload_bytes):
+    return _OK
+
+
+cdef inline int _check_crc_and_index(const unsigned char* frame, uint32_t crc,
+                                     uint64_t expected_index) noexcept nogil:
+    if load_u32(frame) != crc:
         return _BAD_CRC
     if load_u64(frame + 8) != expected_index:
         return _BAD_INDEX
     return _OK
+
+
+cdef inline int _verify(const unsigned char* seg, uint64_t seg_len, uint64_t offset,
+                        uint64_t header_bytes, uint64_t expected_index,
+                        uint64_t payload_bytes) noexcept nogil:
+    cdef int status = _check_extent(seg, seg_len, offset, header_bytes, payload_bytes)
+    if status != _OK:
+        return status
+    return _check_crc_and_index(
+        seg + offset, _frame_crc(seg + offset, header_bytes, <uint32_t>payload_bytes),
+        expected_index)
+
+
+cdef Py_ssize_t _verify_run(const unsigned char* seg, uint64_t seg_len,
+                            const uint32_t* offsets, const uint32_t* lengths, Py_ssize_t n,
+                            uint64_t header_bytes, uint64_t first_index,
+                            int* status) noexcept nogil:
+    # Verify frames k in [0, n) (record first_index + k), three at a time with their
+    # CRC chains interleaved; return the first bad k (its status in *status) or -1.
+    cdef Py_ssize_t k = 0, j
+    cdef const unsigned char* regions[3]
+    cdef size_t sizes[3]
+    cdef uint32_t crcs[3]
+    cdef bint whole
+    while k + 3 <= n:
+        whole = True
+        for j in range(3):
+            if _check_extent(seg, seg_len, offsets[k + j], header_bytes,
+                             lengths[k + j]) != _OK:
+                whole = False
+                break
+            regions[j] = seg + offsets[k + j] + 4
+            sizes[j] = <size_t>(_HDR - 4 + header_bytes + lengths[k + j])
+        if not whole:
+            break  # the loop below finds which check fails first, in order
+        segstore_crc32c_x3(regions, sizes, crcs)
+        for j in range(3):
+            status[0] = _check_crc_and_index(seg + offsets[k + j], crcs[j],
+                                             first_index + <uint64_t>(k + j))
+            if status[0] != _OK:
+                return k + j
+        k += 3
+    while k < n:
+        status[0] = _verify(seg, seg_len, offsets[k], header_bytes,
+                            first_index + <uint64_t>k, lengths[k])
+        if status[0] != _OK:
+            return k
+        k += 1
+    status[0] = _OK
+    return -1
 
 
 # ---------------------------------------------------------------------------------------
@@ -677,19 +732,17 @@ def verify_frames(segment, const uint32_t[::1] offsets, const uint32_t[::1] leng
     cdef Py_ssize_t n = offsets.shape[0]
     if lengths.shape[0] != n:
         raise ValueError(f"offsets has {n} entries, lengths {lengths.shape[0]}")
-    cdef Py_ssize_t k, bad = -1
+    cdef Py_ssize_t bad = -1
     cdef int status = _OK
     cdef Py_buffer seg_view
+    if n == 0:
+        return bad, status
     _acquire(segment, &seg_view, False, "segment")
     try:
         with nogil:
-            for k in range(n):
-                status = _verify(<const unsigned char*>seg_view.buf, seg_view.len, offsets[k],
-                                 <uint64_t>header_bytes, <uint64_t>first_index + <uint64_t>k,
-                                 lengths[k])
-                if status != _OK:
-                    bad = k
-                    break
+            bad = _verify_run(<const unsigned char*>seg_view.buf, seg_view.len, &offsets[0],
+                              &lengths[0], n, <uint64_t>header_bytes, <uint64_t>first_index,
+                              &status)
     finally:
         PyBuffer_Release(&seg_view)
     return bad, status
@@ -846,16 +899,17 @@ cdef class RecordReader:
         cdef uint64_t size = <uint64_t>self._source.len
         cdef Py_ssize_t k
         cdef bint bad = False
+        cdef int status
         with nogil:
-            for k in range(start, end):
-                if verify:
-                    if _verify(base, size, offset_column[k], header_bytes,
-                               <uint64_t>(first_index + k), length_column[k]) != _OK:
+            if verify:
+                bad = _verify_run(base, size, offset_column + start, length_column + start,
+                                  end - start, header_bytes, <uint64_t>(first_index + start),
+                                  &status) >= 0
+            else:
+                for k in range(start, end):
+                    if offset_column[k] + _frame_bytes(header_bytes, length_column[k]) > size:
                         bad = True
                         break
-                elif offset_column[k] + _frame_bytes(header_bytes, length_column[k]) > size:
-                    bad = True
-                    break
         if bad:
             return None
         cdef list copies

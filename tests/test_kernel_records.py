@@ -555,6 +555,42 @@ def test_flipped_bit_stops_scan_and_fails_verify(
     assert verify_frames(buf, offsets, lengths, header_bytes, 1) == (-1, FRAME_OK)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=600), min_size=1, max_size=12),
+    header_bytes=header_sizes,
+    victims=st.lists(st.integers(0, 11), max_size=3),
+    cut=st.integers(0, 12),
+    data=st.data(),
+)
+def test_verify_frames_reports_the_first_bad_frame_in_any_lane(
+    payloads: list[bytes],
+    header_bytes: int,
+    victims: list[int],
+    cut: int,
+    data: st.DataObject,
+) -> None:
+    # verify_frames checks frames three at a time with interleaved CRCs: damage in any
+    # lane, frames of unequal lengths and a buffer cut short inside a group must still
+    # report the first bad frame as one-by-one checks (the model) would.
+    buf, offsets = kernel_batch(payloads, header_bytes, 1, 1)
+    lengths = np.array([len(p) for p in payloads], np.uint32)
+    bad = bytearray(buf)
+    for victim in {v % len(payloads) for v in victims}:
+        covered = 24 + header_bytes + len(payloads[victim])
+        bit = data.draw(st.integers(32, covered * 8 - 1))  # past the CRC field itself
+        bad[int(offsets[victim]) + bit // 8] ^= 1 << (bit % 8)
+    if cut < len(payloads):
+        bad = bad[: int(offsets[cut]) + 8]  # frame `cut` runs past the end
+    expected = (-1, FRAME_OK)
+    for k, payload in enumerate(payloads):
+        status = model.verify_frame(bytes(bad), int(offsets[k]), header_bytes, 1 + k, len(payload))
+        if status != FRAME_OK:
+            expected = (k, status)
+            break
+    assert verify_frames(bad, offsets, lengths, header_bytes, 1) == expected
+
+
 def test_verify_frame_statuses() -> None:
     buf = bytearray(b"".join(model_frames([b"hello", b"world!"], 3, 17, 2)))
     second = frame_bytes(3, 5)
