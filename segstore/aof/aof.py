@@ -409,25 +409,9 @@ class Aof:
         """
         checked = 0
         for segment, lo, hi in self._spans(self._first_index, self._last_index + 1):
-            view = segment.view()
             for start in range(lo, hi, VERIFY_CHUNK_RECORDS):
                 end = min(hi, start + VERIFY_CHUNK_RECORDS)
-                offsets = segment.offsets[start:end]
-                bad, status = kernels.verify_frames(
-                    view,
-                    offsets,
-                    segment.lengths[start:end],
-                    self._header_bytes,
-                    segment.first_index + start,
-                )
-                if bad >= 0:
-                    kernels.raise_for_frame_status(
-                        status,
-                        segment.path,
-                        int(offsets[bad]),
-                        segment.first_index + start + bad,
-                        segment=view,
-                    )
+                self._check_frames(segment, start, end)
                 checked += end - start
                 if progress is not None:
                     progress(end - start)
@@ -881,17 +865,7 @@ class Aof:
                 copy,
             )
             if views is None:
-                offsets = segment.offsets[lo:hi]
-                bad, status = kernels.verify_frames(
-                    segment.view(), offsets, segment.lengths[lo:hi], h, segment.first_index + lo
-                )
-                kernels.raise_for_frame_status(
-                    status or kernels.FRAME_OUT_OF_BOUNDS,
-                    segment.path,
-                    int(offsets[max(bad, 0)]),
-                    segment.first_index + lo + max(bad, 0),
-                    segment=segment.view(),
-                )
+                self._check_frames(segment, lo, hi, known_bad=True)
             else:
                 out.extend(views)
         return out
@@ -902,24 +876,29 @@ class Aof:
         spans = []
         h = self._header_bytes
         for segment, lo, hi in self._spans(start, end):
-            view = segment.view()
-            frames = segment.offsets[lo:hi]
-            lengths = segment.lengths[lo:hi]
             if self._verify_reads:
-                bad, status = kernels.verify_frames(
-                    view, frames, lengths, h, segment.first_index + lo
-                )
-                if status:
-                    kernels.raise_for_frame_status(
-                        status,
-                        segment.path,
-                        int(frames[bad]),
-                        segment.first_index + lo + bad,
-                        segment=view,
-                    )
-            payloads = frames.astype(np.uint64) + np.uint64(FRAME_HEADER_BYTES + h)
-            spans.append(PayloadSpan(view, payloads, lengths))
+                self._check_frames(segment, lo, hi)
+            payloads = segment.offsets[lo:hi].astype(np.uint64) + np.uint64(FRAME_HEADER_BYTES + h)
+            spans.append(PayloadSpan(segment.view(), payloads, segment.lengths[lo:hi]))
         return spans
+
+    def _check_frames(self, segment: Segment, lo: int, hi: int, *, known_bad: bool = False) -> None:
+        """Raise :class:`CorruptionError` (file, offset) for the first frame at positions
+        ``[lo, hi)`` of ``segment`` that does not check out; with ``known_bad`` (a
+        kernel already refused the span) raise even if no single check fails."""
+        view = segment.view()
+        offsets = segment.offsets[lo:hi]
+        bad, status = kernels.verify_frames(
+            view, offsets, segment.lengths[lo:hi], self._header_bytes, segment.first_index + lo
+        )
+        if bad >= 0 or known_bad:
+            kernels.raise_for_frame_status(
+                status or kernels.FRAME_OUT_OF_BOUNDS,
+                segment.path,
+                int(offsets[max(bad, 0)]),
+                segment.first_index + lo + max(bad, 0),
+                segment=view,
+            )
 
     def headers(self, start: int, end: int) -> npt.NDArray[Any]:
         """Headers of records ``[start, end)`` as one structured array (a copy)."""
