@@ -150,6 +150,36 @@ cdef inline int _check_u32(long long value, str name) except -1:
     return 0
 
 
+cdef uint64_t _run_bytes(const uint32_t* lengths, Py_ssize_t n, uint64_t header_bytes,
+                         long long base_offset) except? 0:
+    # Frame bytes of n records, refused before any sum can wrap: a run must end inside
+    # the u32 offsets of a segment (header_bytes is checked to be a u32 by the caller).
+    cdef uint64_t total = 0
+    cdef Py_ssize_t k
+    for k in range(n):
+        total += _frame_bytes(header_bytes, lengths[k])
+        if total > _U32_MAX:
+            break
+    if total > _U32_MAX or <uint64_t>base_offset + total > _U32_MAX:
+        raise ValueError(f"batch of {total}+ bytes at file offset {base_offset} would pass "
+                         "the u32 offset range")
+    return total
+
+
+cdef inline int _check_run(Py_ssize_t start, Py_ssize_t n, Py_ssize_t available,
+                           Py_ssize_t header_len, uint64_t header_bytes) except -1:
+    # Records [start, start + n) of `available`, and n headers of header_bytes each in
+    # header_len bytes; written so that no product or sum can wrap.
+    if start < 0 or start > available - n:
+        raise ValueError(f"records [{start}, {start} + {n}) outside the {available} payloads")
+    if (header_len != 0 if header_bytes == 0 else
+            <uint64_t>header_len % header_bytes != 0
+            or <uint64_t>header_len / header_bytes != <uint64_t>n):
+        raise ValueError(f"headers has {header_len} bytes, expected {n} records x "
+                         f"{header_bytes} bytes")
+    return 0
+
+
 cdef inline int _check_aligned(Py_ssize_t offset, Py_ssize_t length, str name) except -1:
     if offset < 0 or offset > length:
         raise ValueError(f"{name} {offset} lies outside the buffer of {length} bytes")
@@ -435,7 +465,7 @@ def encode_gathered(out, Py_ssize_t out_offset, source, const uint64_t[::1] payl
     (so ``base_offset`` is the file offset ``out[out_offset]`` will be written at). GIL
     released. ValueError, with nothing written, when a payload lies outside ``source``.
     """
-    _check_nonneg(header_bytes, "header_bytes")
+    _check_u32(header_bytes, "header_bytes")
     _check_nonneg(first_index, "first_index")
     _check_u32(epoch, "epoch")
     _check_nonneg(durable_index, "durable_index")
@@ -444,22 +474,16 @@ def encode_gathered(out, Py_ssize_t out_offset, source, const uint64_t[::1] payl
     if payload_offsets.shape[0] != payload_lengths.shape[0]:
         raise ValueError(f"payload_offsets has {payload_offsets.shape[0]} entries, "
                          f"payload_lengths {payload_lengths.shape[0]}")
-    if start < 0 or start + n > payload_lengths.shape[0]:
-        raise ValueError(f"records [{start}, {start + n}) outside the "
-                         f"{payload_lengths.shape[0]} payloads")
     cdef Py_ssize_t k, j
-    cdef uint64_t total = 0, pos = 0, index
+    cdef uint64_t total, pos = 0, index
     cdef uint64_t h = <uint64_t>header_bytes
-    for k in range(n):
-        total += _frame_bytes(h, payload_lengths[start + k])
-    if <uint64_t>base_offset + total > _U32_MAX:
-        raise ValueError(f"batch of {total} bytes at file offset {base_offset} would pass "
-                         "the u32 offset range")
     cdef Py_buffer out_view, source_view, headers_view
     _acquire(source, &source_view, False, "source")
     try:
         _acquire(headers, &headers_view, False, "headers")
         try:
+            _check_run(start, n, payload_lengths.shape[0], headers_view.len, h)
+            total = _run_bytes(&payload_lengths[0] + start if n else NULL, n, h, base_offset)
             _acquire(out, &out_view, True, "out")
             try:
                 for k in range(n):
@@ -469,9 +493,6 @@ def encode_gathered(out, Py_ssize_t out_offset, source, const uint64_t[::1] payl
                         raise ValueError(f"payload {j} ({payload_lengths[j]} bytes at "
                                          f"{payload_offsets[j]}) lies outside the "
                                          f"{source_view.len}-byte source")
-                if <uint64_t>headers_view.len != h * <uint64_t>n:
-                    raise ValueError(f"headers has {headers_view.len} bytes, expected "
-                                     f"{n} records x {h} bytes")
                 if out_offset < 0 or <uint64_t>out_offset + total > <uint64_t>out_view.len:
                     raise ValueError(f"out has {out_view.len} bytes; a {total}-byte batch at "
                                      f"offset {out_offset} does not fit")
@@ -564,7 +585,7 @@ def encode_payloads(out, Py_ssize_t out_offset, payloads, Py_ssize_t start,
     ``headers`` holds their ``n * header_bytes`` header bytes. Holds the GIL: it reads
     Python objects. Returns the bytes written.
     """
-    _check_nonneg(header_bytes, "header_bytes")
+    _check_u32(header_bytes, "header_bytes")
     _check_nonneg(first_index, "first_index")
     _check_u32(epoch, "epoch")
     _check_nonneg(durable_index, "durable_index")
@@ -572,25 +593,17 @@ def encode_payloads(out, Py_ssize_t out_offset, payloads, Py_ssize_t start,
     if not isinstance(payloads, (list, tuple)):
         raise TypeError("payloads must be a list or tuple of byte buffers")
     cdef Py_ssize_t n = frame_offsets_out.shape[0]
-    if start < 0 or start + n > len(payloads) or start + n > payload_lengths.shape[0]:
-        raise ValueError(f"records [{start}, {start + n}) outside the batch")
-    cdef uint64_t h = <uint64_t>header_bytes, total = 0, pos = 0, index
+    cdef uint64_t h = <uint64_t>header_bytes, total, pos = 0, index
     cdef Py_ssize_t k, size
-    for k in range(start, start + n):
-        total += _frame_bytes(h, payload_lengths[k])
-    if <uint64_t>base_offset + total > _U32_MAX:
-        raise ValueError(f"batch of {total} bytes at file offset {base_offset} would pass "
-                         "the u32 offset range")
     cdef Py_buffer out_view, headers_view, item_view
     cdef const unsigned char* payload
     cdef bint acquired
     _acquire(headers, &headers_view, False, "headers")
     try:
+        _check_run(start, n, min(len(payloads), payload_lengths.shape[0]), headers_view.len, h)
+        total = _run_bytes(&payload_lengths[0] + start if n else NULL, n, h, base_offset)
         _acquire(out, &out_view, True, "out")
         try:
-            if <uint64_t>headers_view.len != h * <uint64_t>n:
-                raise ValueError(f"headers has {headers_view.len} bytes, expected "
-                                 f"{n} records x {h} bytes")
             if out_offset < 0 or <uint64_t>out_offset + total > <uint64_t>out_view.len:
                 raise ValueError(f"out has {out_view.len} bytes; a {total}-byte batch at "
                                  f"offset {out_offset} does not fit")

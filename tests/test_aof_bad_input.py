@@ -135,6 +135,9 @@ def test_append_batch_refuses_non_sequence_or_non_buffers(store: Path, payloads:
         (b"abcdef", [0], [2**32]),  # length beyond u32
         ("text", [0], [2]),  # not a buffer
         (b"abcdef", ["a"], [2]),  # not integers
+        (b"abcdef", [1.9], [2.7]),  # floats: a cast would truncate them
+        (b"abcdef", np.array([0]), np.array([2**32 + 3])),  # a cast would wrap it to 3
+        (np.zeros(64, np.uint8)[::2], [0], [4]),  # not contiguous
     ],
     ids=[
         "shapes",
@@ -146,6 +149,9 @@ def test_append_batch_refuses_non_sequence_or_non_buffers(store: Path, payloads:
         "huge",
         "str",
         "str-offsets",
+        "floats",
+        "wrapping-length",
+        "non-contiguous",
     ],
 )
 def test_append_gathered_refuses_bad_spans(store: Path, args: tuple[Any, Any, Any]) -> None:

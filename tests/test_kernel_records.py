@@ -37,6 +37,7 @@ from segstore.aof.kernels import (
     check_frame,
     encode_gathered,
     encode_one,
+    encode_payloads,
     find_durable_evidence,
     frame_bytes,
     raise_for_frame_status,
@@ -325,6 +326,20 @@ def test_encode_rejects_unusable_arguments() -> None:
         encode_gathered(
             out, 0, source, at, lengths.astype(np.int64), 0, b"", 0, 1, 1, 0, 0, offsets
         )
+    # Numbers chosen to wrap a sum or product that a check relies on (each once read
+    # outside the arrays or copied 2**62 bytes).
+    with pytest.raises(ValueError, match="outside the 2 payloads"):
+        encode_gathered(out, 0, source, at, lengths, 2**63 - 1, b"", 0, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="header_bytes"):
+        encode_gathered(out, 0, source, at, lengths, 0, b"", 2**62, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="headers has 0 bytes"):
+        encode_gathered(out, 0, source, at, lengths, 0, b"", 2**31, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="headers has 2 bytes"):
+        encode_gathered(out, 0, source, at, lengths, 0, b"xx", 0, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="outside the 2 payloads"):
+        encode_payloads(out, 0, [b"abc", b"defg"], 2**63 - 1, lengths, b"", 0, 1, 1, 0, 0, offsets)
+    with pytest.raises(ValueError, match="header_bytes"):
+        encode_payloads(out, 0, [b"abc", b"defg"], 0, lengths, b"", 2**62, 1, 1, 0, 0, offsets)
     assert out == bytearray(200)  # nothing written by any refused call
     with pytest.raises(ValueError):
         frame_bytes(-1, 0)

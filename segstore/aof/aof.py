@@ -487,16 +487,19 @@ class Aof:
         :meth:`append_batch`, checks first included.
         """
         try:
-            at = np.ascontiguousarray(offsets, np.uint64)
-            sizes = np.ascontiguousarray(lengths, np.uint32)
-            size = memoryview(source).nbytes
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidArgumentError(f"gathered payloads: {exc}") from None
-        if at.ndim != 1 or at.shape != sizes.shape or not len(at):
+            view = memoryview(source)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"source must be a byte buffer: {exc}") from None
+        if not view.c_contiguous:
+            raise InvalidArgumentError("source must be a contiguous buffer")
+        at = _unsigned_column(offsets, np.uint64, "offsets")
+        sizes = _unsigned_column(lengths, np.uint32, "lengths")
+        if at.shape != sizes.shape or not len(at):
             raise InvalidArgumentError(
                 f"offsets and lengths must be two equal, non-empty 1-d arrays, not shapes "
                 f"{at.shape} and {sizes.shape}"
             )
+        size = view.nbytes
         if int(at.max()) > size or bool(np.any(sizes > size - np.minimum(at, size))):
             raise InvalidArgumentError(f"a payload lies outside the {size}-byte source")
         return self._append_records(source, at, sizes, self._header_table(headers, len(at)))
@@ -1088,6 +1091,22 @@ class Aof:
         if len(self._scratch) < size:
             self._scratch = bytearray(max(size, 2 * len(self._scratch)))
         return self._scratch
+
+
+def _unsigned_column(values: npt.ArrayLike, dtype: type[np.unsignedinteger[Any]], name: str) -> Any:
+    """``values`` as a contiguous 1-d array of ``dtype``, refusing anything but
+    integers that fit it (a plain cast would wrap or truncate them silently)."""
+    try:
+        column = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{name} must be integers: {exc}") from None
+    if column.ndim != 1:
+        raise InvalidArgumentError(f"{name} must be a 1-d array, not shape {column.shape}")
+    if len(column) and column.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{name} must be integers, not {column.dtype}")
+    if len(column) and (int(column.min()) < 0 or int(column.max()) > np.iinfo(dtype).max):
+        raise InvalidArgumentError(f"{name} must lie in [0, {np.iinfo(dtype).max}]")
+    return np.ascontiguousarray(column, dtype)
 
 
 def _as_payload_list(payloads: Any) -> list[Payload]:
