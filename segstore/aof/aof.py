@@ -1025,9 +1025,15 @@ class Aof:
         self._io.fsync_dir(self.path)
 
     def _remove_segment_files(self, segment: Segment) -> None:
-        segment.release()
+        mapped = not segment.release()
         self._spare.discard(segment.sidecar_path)
-        self._spare.retire(segment.path)
+        if mapped:
+            # Views of it are alive: recycled or shrunk, the file would change under
+            # them (or end before them: SIGBUS), so it is unlinked whole and its blocks
+            # are freed when the last view goes.
+            self._io.unlink(segment.path)
+        else:
+            self._spare.retire(segment.path)
 
     # -- checks --------------------------------------------------------------------
 

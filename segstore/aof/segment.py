@@ -6,7 +6,6 @@ record header; record indices are implicit (``first_index + position``).
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 
@@ -128,20 +127,29 @@ class Segment(SegmentIndexBase):
         self.lengths = self.lengths[: self.count].copy()
         self.headers = self.headers[: self.count * self.header_bytes].copy()
 
-    def release(self) -> None:
-        """Close the descriptor and drop the mapping.
+    def release(self) -> bool:
+        """Close the descriptor and drop the mapping; False if views still hold it.
 
         Views handed out by ``Aof.read`` keep the mapping alive until they are
-        released, so ``mmap.close`` may refuse; dropping our reference is enough then.
+        released, so ``mmap.close`` may refuse; dropping our reference is enough then,
+        but the file must then keep its size (reading a mapped page past the end of a
+        file is SIGBUS).
         """
         if self.write_fd is not None:
             fd, self.write_fd = self.write_fd, None
             self.io.close(fd, self.path)
+        self.reader = None  # its export of the view would keep the mapping open
+        released = True
         if self._view is not None:
-            with contextlib.suppress(BufferError):
+            try:
                 self._view.release()
+            except BufferError:
+                released = False
             self._view = None
         if self._map is not None:
-            with contextlib.suppress(BufferError):
+            try:
                 self._map.close()
+            except BufferError:
+                released = False
             self._map = None
+        return released
