@@ -666,10 +666,13 @@ class PartitionLogs:
             return changed
 
     def create(self, partition_ids: Iterable[int]) -> None:
-        """Create the logs of ``partition_ids`` that do not exist yet and make their
-        directory entries durable, so that no write waits for a log's creation later."""
+        """Create the logs of ``partition_ids`` that do not exist yet, so that no write
+        waits for a log's creation later, and make every log's directory entry durable:
+        a killed process may have created some without the fsync."""
         existing = set(self.existing_ids())
         each_in_parallel(self.get, [pid for pid in partition_ids if pid not in existing])
+        with self._lock:
+            self._root_dirty = True
         self._sync_root()
 
     def _sync_root(self) -> None:

@@ -40,6 +40,7 @@ from segstore.raft import (
 from segstore.raft.partition_entry import PARTITION_HEADER_BYTES
 from segstore.router import Router
 from segstore.testing.conformance import DurableLogStoreConformance
+from segstore.testing.faults import FaultyIO
 
 PARTITIONS = 8
 
@@ -241,6 +242,17 @@ def test_opening_creates_every_partition_log_before_any_write(tmp_path: Path) ->
         assert (path / "partitions" / str(PARTITIONS - 1)).is_dir()
         store.sync_partitions()
         assert partition_contents(store, 0) == (1, [b"x"], [first])
+
+
+def test_open_makes_partition_directory_entries_durable(tmp_path: Path) -> None:
+    """A process killed while creating partition logs leaves entries never fsync'd; the
+    next open finds the logs and must make their entries durable before any checkpoint
+    can name them."""
+    path = tmp_path / "s"
+    open_store(path).close()
+    io = FaultyIO()
+    with SegmentedLogStore.open(path, io=io):
+        assert io.calls_by_path[("fsync_dir", str(path / "partitions"))] >= 1
 
 
 def test_routing_projects_the_log_onto_partitions(tmp_path: Path) -> None:
