@@ -20,6 +20,10 @@ from segstore.errors import StorageIOError, StoreLockedError
 ZERO_FILL_CHUNK_BYTES = 1 << 20
 
 
+def _storage_error(exc: OSError, path: str) -> StorageIOError:
+    return StorageIOError(exc.errno or errno.EIO, exc.strerror or str(exc), path)
+
+
 @contextmanager
 def _os_errors(path: str) -> Iterator[None]:
     try:
@@ -27,7 +31,7 @@ def _os_errors(path: str) -> Iterator[None]:
     except StorageIOError:
         raise
     except OSError as exc:
-        raise StorageIOError(exc.errno or errno.EIO, exc.strerror or str(exc), path) from exc
+        raise _storage_error(exc, path) from exc
 
 
 class FileIO:
@@ -49,8 +53,10 @@ class FileIO:
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> int:
         """One ``pwrite``; may write fewer bytes than asked (callers loop)."""
-        with _os_errors(path):
+        try:  # (no context manager on the two per-append calls: it costs ~1 us each)
             return os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
 
     def pread(self, fd: int, size: int, offset: int, path: str) -> bytes:
         """One ``pread``."""
@@ -59,8 +65,10 @@ class FileIO:
 
     def fdatasync(self, fd: int, path: str) -> None:
         """Make a file's data durable."""
-        with _os_errors(path):
+        try:
             os.fdatasync(fd)
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
 
     def fsync(self, fd: int, path: str) -> None:
         """Make a file's data and metadata durable."""
