@@ -147,36 +147,27 @@ class Router:
             if upto < low:
                 self._routed = max(self._routed, upto)
                 return 0
-            for span_low, span in self._log_spans(low, upto + 1):
-                headers = self._log.headers(span_low, span_low + len(span.lengths))
+            for span in self._log.payload_spans(low, upto + 1):
+                headers = self._log.headers(span.first_index, span.first_index + len(span.lengths))
                 pids = headers["partition_id"]
                 order = np.argsort(pids, kind="stable")
                 cuts = np.flatnonzero(np.diff(pids[order])) + 1
                 for positions in np.split(order, cuts):
                     pid = int(pids[positions[0]])
                     if pid != NO_PARTITION:
-                        self._append(pid, span_low, positions, headers, span)
+                        self._append(pid, positions, headers, span)
             self._routed = upto
             self._publish_required()
             return upto - low + 1
 
-    def _log_spans(self, start: int, end: int) -> list[tuple[int, PayloadSpan]]:
-        """The log's payload spans of records ``[start, end)``, each with its first index."""
-        spans = []
-        for span in self._log.payload_spans(start, end):
-            spans.append((start, span))
-            start += len(span.lengths)
-        return spans
-
     def _append(
         self,
         pid: int,
-        low: int,
         positions: npt.NDArray[np.intp],
         headers: npt.NDArray[np.void],
         span: PayloadSpan,
     ) -> None:
-        raft = positions.astype(np.uint64) + np.uint64(low)
+        raft = positions.astype(np.uint64) + np.uint64(span.first_index)
         indices = headers["partition_index"][positions]
         with self._partitions.pinned(pid) as plog:
             self._reconcile(pid, plog)

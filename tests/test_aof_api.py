@@ -285,6 +285,9 @@ def test_payload_spans_feed_append_gathered_across_segments(tmp_path: Path) -> N
         spans = source.payload_spans(1, 301)
         assert len(spans) == len(source.segment_paths()) >= 3
         assert sum(len(span.lengths) for span in spans) == 300
+        assert [span.first_index for span in spans] == [
+            info.first_index for info in source.segment_infos()
+        ]
         done = 0
         for span in spans:
             rows = heads[done : done + len(span.lengths)]

@@ -77,10 +77,12 @@ class SegmentInfo:
 class PayloadSpan:
     """Where the payloads of consecutive records lie in one segment's mapping.
 
-    Payload k is ``view[offsets[k]:offsets[k] + lengths[k]]`` (the form
-    :meth:`Aof.append_gathered` takes); ``view`` lives as long as :meth:`Aof.read`'s.
+    Record ``first_index + k`` has payload ``view[offsets[k]:offsets[k] + lengths[k]]``
+    (the form :meth:`Aof.append_gathered` takes); ``view`` lives as long as
+    :meth:`Aof.read`'s.
     """
 
+    first_index: int
     view: memoryview
     offsets: npt.NDArray[np.uint64]
     lengths: npt.NDArray[np.uint32]
@@ -882,7 +884,11 @@ class Aof:
             if self._verify_reads:
                 self._check_frames(segment, lo, hi)
             payloads = segment.offsets[lo:hi].astype(np.uint64) + np.uint64(FRAME_HEADER_BYTES + h)
-            spans.append(PayloadSpan(segment.view(), payloads, segment.lengths[lo:hi]))
+            spans.append(
+                PayloadSpan(
+                    segment.first_index + lo, segment.view(), payloads, segment.lengths[lo:hi]
+                )
+            )
         return spans
 
     def _check_frames(self, segment: Segment, lo: int, hi: int, *, known_bad: bool = False) -> None:
