@@ -11,6 +11,7 @@ boundaries.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -854,6 +855,50 @@ def test_views_of_truncated_segments_stay_readable(tmp_path: Path) -> None:
     assert result.returncode == 0, (result.returncode, result.stderr)
     kept, total = map(int, result.stdout.split())
     assert kept == total >= 5
+
+
+def test_reads_racing_truncations_see_a_record_or_out_of_range(tmp_path: Path) -> None:
+    # Reads take no lock. One that races a truncation must return the record (it came
+    # first) or raise IndexOutOfRangeError (it came after): never another error, never
+    # other bytes. A dropped segment is never mapped again.
+    path = tmp_path / "a"
+    problems: list[str] = []
+    stop = threading.Event()
+    with open_aof(path, autosync=False) as aof:
+        expected = {i: payload_of(i) for i in range(1, 2001)}
+        aof.append_batch([expected[i] for i in range(1, 2001)])
+
+        def reader() -> None:
+            rng = random.Random(5)
+            while not stop.is_set():
+                i = rng.randint(1, 2000)
+                try:
+                    got = bytes(aof.read(i))
+                except IndexOutOfRangeError:
+                    continue
+                except Exception as exc:  # any other error is the failure
+                    problems.append(f"read({i}): {exc!r}")
+                    return
+                if got != expected[i]:
+                    problems.append(f"read({i}) returned other bytes")
+                    return
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            dropped = aof._segments[0]
+            for cut in range(1990, 1600, -30):  # truncate_after drops tail segments
+                aof.truncate_after(cut)
+                aof.append_batch([expected[i] for i in range(cut + 1, 2001)])
+            aof.truncate_before(1500)  # and truncate_before head ones
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        with pytest.raises(IndexOutOfRangeError):
+            dropped.view()
+    assert not problems, problems
 
 
 def test_readonly_open_reads_but_cannot_write(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ from segstore.aof.recovery import RecoveryReport, recover
 from segstore.aof.segment import Segment
 from segstore.errors import (
     ClosedError,
+    CorruptionError,
     IndexOutOfRangeError,
     InvalidArgumentError,
     NotAStoreError,
@@ -57,6 +58,7 @@ SEGMENT_BYTES_INITIAL = 4 << 20  # a fresh log's first segment; each next one do
 VERIFY_CHUNK_RECORDS = 1 << 16
 AUTOSYNC_LINGER_S = 0.0005  # about one fdatasync on this class of disk; see ARCHITECTURE.md
 Payload = bytes | bytearray | memoryview
+_Read = TypeVar("_Read")
 
 
 @dataclass(frozen=True)
@@ -780,7 +782,19 @@ class Aof:
         lives as long as any view of it). Copy it with ``bytes(view)`` to keep it.
         """
         payload = self._read_path.read(index)  # the hot path: one compiled call
-        return payload if payload is not None else self._read_located(index)
+        if payload is not None:
+            return payload
+        return self._consistent_read(lambda: self._read_located(index))
+
+    def _consistent_read(self, read: Callable[[], _Read]) -> _Read:
+        """Run a lock-free read; if it fails the way a racing truncation or rewrite
+        can make it fail (a frame or position that no longer checks out), run it again
+        with writes held off, where a failure is real. Reads take no lock otherwise."""
+        try:
+            return read()
+        except (CorruptionError, ValueError):
+            with self._write_lock:
+                return read()
 
     def _read_located(self, index: int) -> memoryview:
         segment, position = self._locate(index)
@@ -813,6 +827,9 @@ class Aof:
         record = self._read_path.read_copy(index)
         if record is not None:
             return record
+        return self._consistent_read(lambda: self._read_record_located(index))
+
+    def _read_record_located(self, index: int) -> tuple[bytes, bytes]:
         segment, position = self._locate(index)
         record = segment.map_reader().read_copy(
             segment.offsets,
@@ -856,6 +873,9 @@ class Aof:
         ``bytes`` that outlive everything, which for records of a few hundred bytes is
         also the cheaper of the two in CPython.
         """
+        return self._consistent_read(lambda: self._read_range(start, end, copy))
+
+    def _read_range(self, start: int, end: int, copy: bool) -> list[memoryview] | list[bytes]:
         out: list[Any] = []
         h = self._header_bytes
         for segment, lo, hi in self._spans(start, end):
@@ -878,6 +898,9 @@ class Aof:
     def payload_spans(self, start: int, end: int) -> list[PayloadSpan]:
         """Where the payloads of records ``[start, end)`` lie, one span per segment,
         after checking their CRCs like :meth:`read_range`; no payload is copied."""
+        return self._consistent_read(lambda: self._payload_spans(start, end))
+
+    def _payload_spans(self, start: int, end: int) -> list[PayloadSpan]:
         spans = []
         h = self._header_bytes
         for segment, lo, hi in self._spans(start, end):

@@ -22,6 +22,7 @@ from segstore.aof.format import (
     sidecar_name,
 )
 from segstore.aof.kernels import RecordReader, SegmentIndexBase
+from segstore.errors import IndexOutOfRangeError
 
 _INITIAL_SLOTS = 1024
 
@@ -52,6 +53,7 @@ class Segment(SegmentIndexBase):
         self.sealed = False
         self.sidecar_trusted = False  # a checked sidecar describes this segment
         self._map: mmap.mmap | None = None
+        self._released = False
         self._view: memoryview | None = None
         self.reader = None
 
@@ -66,7 +68,13 @@ class Segment(SegmentIndexBase):
         return self.capacity_bytes - self.end_offset
 
     def view(self) -> memoryview:
-        """A read-only view of the whole file, mapped on first use."""
+        """A read-only view of the whole file, mapped on first use.
+
+        Raises :class:`IndexOutOfRangeError` once released: a lock-free read that found
+        this segment before a truncation dropped it reads as if it came after.
+        """
+        if self._released:
+            raise IndexOutOfRangeError(f"{self.path} was dropped by a truncation")
         if self._view is None:
             fd = self.io.open(self.path, os.O_RDONLY)
             try:
@@ -138,6 +146,7 @@ class Segment(SegmentIndexBase):
         if self.write_fd is not None:
             fd, self.write_fd = self.write_fd, None
             self.io.close(fd, self.path)
+        self._released = True
         self.reader = None  # its export of the view would keep the mapping open
         released = True
         if self._view is not None:
