@@ -901,6 +901,45 @@ def test_reads_racing_truncations_see_a_record_or_out_of_range(tmp_path: Path) -
     assert not problems, problems
 
 
+def test_out_of_range_reads_never_wait_for_a_writer(tmp_path: Path) -> None:
+    # Only a read that fails as a race can make it fail is retried under the write
+    # lock; an out-of-range read raises at once even while a writer holds the lock.
+    with open_aof(tmp_path / "a") as aof:
+        aof.append(b"x")
+        outcomes: list[str] = []
+
+        def read_far() -> None:
+            for call in (
+                lambda: aof.read(10**6),
+                lambda: aof.read_record(10**6),
+                lambda: aof.read_range(10**6, 10**6 + 1),
+            ):
+                try:
+                    call()
+                except IndexOutOfRangeError:
+                    outcomes.append("out of range")
+
+        with aof._write_lock:
+            reader = threading.Thread(target=read_far)
+            reader.start()
+            reader.join(5.0)
+            assert not reader.is_alive(), "a read waited for the writer"
+        assert outcomes == ["out of range"] * 3
+
+
+def test_payload_span_views_outlive_close_and_truncation(tmp_path: Path) -> None:
+    with open_aof(tmp_path / "a") as aof:
+        payloads = fill(aof, 300)  # several segments
+        spans = aof.payload_spans(1, 301)
+        aof.truncate_before(250)
+    got = [
+        bytes(span.view[int(o) : int(o) + int(n)])
+        for span in spans
+        for o, n in zip(span.offsets, span.lengths, strict=True)
+    ]
+    assert got == payloads
+
+
 def test_readonly_open_reads_but_cannot_write(tmp_path: Path) -> None:
     path = tmp_path / "a"
     with open_aof(path, header_dtype=HEADER_DTYPE) as aof:

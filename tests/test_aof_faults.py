@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from aof_helpers import append_range, assert_intact, batch, open_aof
 from crash_writer import header_for, payload_for
 
 from segstore.aof.aof import Aof
+from segstore.aof.group_commit import GroupCommit
 from segstore.errors import FailedStateError, SegstoreError, StorageIOError
 from segstore.testing.faults import FaultyIO
 
@@ -305,6 +307,23 @@ def test_failing_pwrite_in_second_chunk_of_batch(tmp_path: Path) -> None:
 
 
 # -- group commit ------------------------------------------------------------------------
+
+
+def test_background_flusher_covers_records_written_before_it_started() -> None:
+    # nudge() skips the event while no flusher runs; starting one must still flush
+    # what was written before.
+    flushed: list[int] = []
+    commit = GroupCommit(lambda: flushed.append(5) or 5, lambda: 5, 0)
+    commit.nudge()
+    commit.start_background(0.0)
+    try:
+        deadline = time.monotonic() + 5
+        while commit.durable_index < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        commit.stop_background()
+    assert commit.durable_index == 5
+    assert flushed == [5]
 
 
 def test_group_commit_groups_concurrent_syncs(tmp_path: Path) -> None:

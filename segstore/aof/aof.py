@@ -50,6 +50,7 @@ from segstore.errors import (
     InvalidArgumentError,
     NotAStoreError,
     RecordTooLargeError,
+    SegstoreError,
     StorageIOError,
 )
 
@@ -792,9 +793,14 @@ class Aof:
         with writes held off, where a failure is real. Reads take no lock otherwise."""
         try:
             return read()
-        except (CorruptionError, ValueError):
-            with self._write_lock:
-                return read()
+        except CorruptionError:
+            pass
+        except SegstoreError:
+            raise  # out of range, closed, bad argument: the same under the lock
+        except ValueError:
+            pass  # a kernel's position check
+        with self._write_lock:
+            return read()
 
     def _read_located(self, index: int) -> memoryview:
         segment, position = self._locate(index)
@@ -907,9 +913,10 @@ class Aof:
             if self._verify_reads:
                 self._check_frames(segment, lo, hi)
             payloads = segment.offsets[lo:hi].astype(np.uint64) + np.uint64(FRAME_HEADER_BYTES + h)
+            # A slice: it keeps the mapping alive after the segment releases its view.
             spans.append(
                 PayloadSpan(
-                    segment.first_index + lo, segment.view(), payloads, segment.lengths[lo:hi]
+                    segment.first_index + lo, segment.view()[:], payloads, segment.lengths[lo:hi]
                 )
             )
         return spans

@@ -148,6 +148,7 @@ class GroupCommit:
 
         self._thread = threading.Thread(target=run, name="segstore-flusher", daemon=True)
         self._thread.start()
+        self._wakeup.set()  # for records written before it started (nudge skipped them)
 
     def nudge(self) -> None:
         """Tell the background flusher that records were written."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,7 @@ class Segment(SegmentIndexBase):
         self.sidecar_trusted = False  # a checked sidecar describes this segment
         self._map: mmap.mmap | None = None
         self._released = False
+        self._map_lock = threading.Lock()
         self._view: memoryview | None = None
         self.reader = None
 
@@ -73,23 +75,27 @@ class Segment(SegmentIndexBase):
         Raises :class:`IndexOutOfRangeError` once released: a lock-free read that found
         this segment before a truncation dropped it reads as if it came after.
         """
-        if self._released:
-            raise IndexOutOfRangeError(f"{self.path} was dropped by a truncation")
-        if self._view is None:
-            fd = self.io.open(self.path, os.O_RDONLY)
-            try:
-                self._map = self.io.map_readonly(fd, self.capacity_bytes, self.path)
-            finally:
-                self.io.close(fd, self.path)
-            self._view = memoryview(self._map)
-            self.reader = RecordReader(self._view)
-        return self._view
+        return self._mapped()[0]
 
     def map_reader(self) -> RecordReader:
         """The zero-copy record reader of this segment, mapping the file if needed."""
-        self.view()
-        assert self.reader is not None
-        return self.reader
+        return self._mapped()[1]
+
+    def _mapped(self) -> tuple[memoryview, RecordReader]:
+        # Under the lock release() takes: a read must not map a file that a truncation
+        # is dropping (it may be gone, or shrunk under the new mapping: SIGBUS).
+        with self._map_lock:
+            if self._released:
+                raise IndexOutOfRangeError(f"{self.path} was dropped by a truncation")
+            if self._view is None or self.reader is None:
+                fd = self.io.open(self.path, os.O_RDONLY)
+                try:
+                    self._map = self.io.map_readonly(fd, self.capacity_bytes, self.path)
+                finally:
+                    self.io.close(fd, self.path)
+                self._view = memoryview(self._map)
+                self.reader = RecordReader(self._view)
+            return self._view, self.reader
 
     def load(self, arrays: SegmentIndexArrays) -> None:
         """Adopt a complete index (from a sidecar or a scan)."""
@@ -146,19 +152,20 @@ class Segment(SegmentIndexBase):
         if self.write_fd is not None:
             fd, self.write_fd = self.write_fd, None
             self.io.close(fd, self.path)
-        self._released = True
-        self.reader = None  # its export of the view would keep the mapping open
-        released = True
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                released = False
-            self._view = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                released = False
-            self._map = None
+        with self._map_lock:
+            self._released = True
+            self.reader = None  # its export of the view would keep the mapping open
+            released = True
+            if self._view is not None:
+                try:
+                    self._view.release()
+                except BufferError:
+                    released = False
+                self._view = None
+            if self._map is not None:
+                try:
+                    self._map.close()
+                except BufferError:
+                    released = False
+                self._map = None
         return released
