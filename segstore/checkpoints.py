@@ -253,24 +253,33 @@ class AppliedUpdate:
         """Encoded ``(key, value)`` pairs, sorted, and the encoded floor; raises
         :class:`InvalidArgumentError` before anything is written."""
         floor = _U64.pack(_as_uint(self.applied_raft_floor, "applied_raft_floor", U64_MAX))
-        if not isinstance(self.checkpoints, Mapping):
-            raise InvalidArgumentError(
-                f"applied checkpoints must be a mapping of partition id to "
-                f"AppliedCheckpoint, not {type(self.checkpoints).__name__}"
-            )
         if self.raft_snapshot is not None and not isinstance(self.raft_snapshot, bytes):
             raise InvalidArgumentError("raft_snapshot must be bytes or None")
-        items: list[tuple[bytes, bytes]] = []
-        for pid, checkpoint in self.checkpoints.items():
-            key = _KEY.pack(check_partition_id(pid))
-            if not isinstance(checkpoint, AppliedCheckpoint):
-                raise InvalidArgumentError(
-                    f"applied checkpoint of partition {pid} must be an AppliedCheckpoint, "
-                    f"not {type(checkpoint).__name__}"
-                )
-            items.append((key, checkpoint.encode()))
+        items = _encode_by_partition(self.checkpoints, AppliedCheckpoint, "applied checkpoints")
         items.sort()
         return items, floor
+
+
+def _encode_by_partition(
+    checkpoints: object, kind: type[AppliedCheckpoint] | type[PartitionCheckpoint], what: str
+) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` pairs of a mapping of partition id to ``kind``; raises
+    :class:`InvalidArgumentError` for anything else (callers encode before writing)."""
+    if not isinstance(checkpoints, Mapping):
+        raise InvalidArgumentError(
+            f"{what} must be a mapping of partition id to {kind.__name__}, "
+            f"not {type(checkpoints).__name__}"
+        )
+    items: list[tuple[bytes, bytes]] = []
+    for pid, checkpoint in checkpoints.items():
+        key = _KEY.pack(check_partition_id(pid))
+        if not isinstance(checkpoint, kind):
+            raise InvalidArgumentError(
+                f"{what} of partition {pid} must be a {kind.__name__}, "
+                f"not {type(checkpoint).__name__}"
+            )
+        items.append((key, checkpoint.encode()))
+    return items
 
 
 class CheckpointStore:
@@ -512,21 +521,8 @@ class CheckpointStore:
             if restart_pending is None
             else _as_uint(restart_pending, "restart_pending", 2**64 - 1)
         )
-        if not isinstance(updates, Mapping):
-            raise InvalidArgumentError(
-                f"updates must be a mapping of partition id to PartitionCheckpoint, "
-                f"not {type(updates).__name__}"
-            )
         # Encode everything before the transaction: bad input must change nothing.
-        items: list[tuple[bytes, bytes]] = []
-        for pid, checkpoint in updates.items():
-            key = _KEY.pack(check_partition_id(pid))
-            if not isinstance(checkpoint, PartitionCheckpoint):
-                raise InvalidArgumentError(
-                    f"checkpoint of partition {pid} must be a PartitionCheckpoint, "
-                    f"not {type(checkpoint).__name__}"
-                )
-            items.append((key, checkpoint.encode()))
+        items = _encode_by_partition(updates, PartitionCheckpoint, "updates")
         if not items and routed is None and restart is None and applied is None:
             return
         items.sort()  # sequential keys keep LMDB page splits cheap
