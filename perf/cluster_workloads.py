@@ -192,6 +192,14 @@ def _thread_cpu(node: ControlledProcess) -> dict[int, float]:
     return cpu
 
 
+def add_load_options(parser: argparse.ArgumentParser, *, count: int) -> None:
+    """The load and timing options every cluster run takes (count, window, ticks)."""
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--tick-ms", type=float, default=5.0)
+    parser.add_argument("--append-ms", type=float, default=10.0)
+
+
 def profile_main(argv: list[str]) -> int:
     """``profile``: a segstore (or stock) cluster under C1's load, every node process
     sampled by py-spy (all threads, raw collapsed stacks); prints the heaviest frames
@@ -203,10 +211,7 @@ def profile_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="cluster_workloads.py profile")
     parser.add_argument("--kind", choices=["segstore", "memory", "file"], default="segstore")
-    parser.add_argument("--count", type=int, default=40_000)
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--tick-ms", type=float, default=5.0)
-    parser.add_argument("--append-ms", type=float, default=10.0)
+    add_load_options(parser, count=40_000)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")

@@ -68,10 +68,7 @@ def _fmt(value: float | None, key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--tick-ms", type=float, default=5.0)
-    parser.add_argument("--append-ms", type=float, default=10.0)
+    cw.add_load_options(parser, count=20_000)
     parser.add_argument("--periods", default="", help="extra segstore append periods, ms")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--out", default=str(PERF_DIR / "results" / "cluster_latest.md"))
