@@ -60,7 +60,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import pysyncobj.syncobj as _syncobj_module  # type: ignore[import-untyped]
@@ -104,6 +104,7 @@ STATUS_INTERVAL_S: Final = 0.02
 
 _JOURNAL_PREFIX: Final = "segstore-journal:"
 _SNAPSHOT_PREFIX: Final = "segstore-snapshot:"
+_Handed = TypeVar("_Handed")
 
 # pysyncobj's command types (``_COMMAND_TYPE`` in pysyncobj/syncobj.py).
 _REGULAR: Final = 0
@@ -137,20 +138,52 @@ def _apply_membership(members: set[str], command: bytes) -> None:
 
 # -- the journal factory -------------------------------------------------------------
 
-_pending_journals: dict[str, StoreJournal] = {}
-_pending_lock = threading.Lock()
+
+class _Handoff(Generic[_Handed]):
+    """Objects handed to pysyncobj through a file-name argument it passes to a factory:
+    :meth:`register` names one; the patched factory gets it back with :meth:`take`."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._pending: dict[str, _Handed] = {}
+        self._lock = threading.Lock()
+
+    def register(self, item: _Handed) -> str:
+        """A file name under which the factory's next call gets ``item``."""
+        token = f"{self._prefix}{id(item)}:{time.monotonic_ns()}"
+        with self._lock:
+            self._pending[token] = item
+        return token
+
+    def owns(self, name: object) -> bool:
+        """Whether ``name`` is one of this handoff's file names."""
+        return isinstance(name, str) and name.startswith(self._prefix)
+
+    def take(self, name: str) -> _Handed:
+        """The item registered as ``name`` (once); ClusterError if there is none."""
+        with self._lock:
+            item = self._pending.pop(name, None)
+        if item is None:
+            raise ClusterError(f"nothing of segstore's is registered as {name!r}")
+        return item
+
+    def discard(self, name: str) -> None:
+        """Forget ``name`` if the factory never took it."""
+        with self._lock:
+            self._pending.pop(name, None)
+
+
+# -- the journal factory -------------------------------------------------------------
+
+_journals: _Handoff[StoreJournal] = _Handoff(_JOURNAL_PREFIX)
 _original_create_journal: Callable[[str | None], Any] = _syncobj_module.createJournal
 
 
 def _create_journal(journal_file: str | None = None) -> Any:
     """pysyncobj's ``createJournal``, serving a registered :class:`StoreJournal` for
     the ``segstore-journal:<token>`` file names and pysyncobj's own journals otherwise."""
-    if isinstance(journal_file, str) and journal_file.startswith(_JOURNAL_PREFIX):
-        with _pending_lock:
-            journal = _pending_journals.pop(journal_file, None)
-        if journal is None:
-            raise ClusterError(f"no segstore journal is registered as {journal_file!r}")
-        return journal
+    if _journals.owns(journal_file):
+        return _journals.take(journal_file)  # type: ignore[arg-type]
     return _original_create_journal(journal_file)
 
 
@@ -160,25 +193,18 @@ _syncobj_module.createJournal = _create_journal
 def register_journal(journal: StoreJournal) -> str:
     """The ``journalFile`` name under which pysyncobj's next ``createJournal`` call
     gets ``journal`` (pass it as ``SyncObjConf(journalFile=...)``)."""
-    token = f"{_JOURNAL_PREFIX}{id(journal)}:{time.monotonic_ns()}"
-    with _pending_lock:
-        _pending_journals[token] = journal
-    return token
+    return _journals.register(journal)
 
 
-_pending_transfers: dict[str, SnapshotTransfer] = {}
+_transfers: _Handoff[SnapshotTransfer] = _Handoff(_SNAPSHOT_PREFIX)
 _original_serializer: Callable[..., Any] = _syncobj_module.Serializer
 
 
 def _create_serializer(file_name: str | None, *args: Any) -> Any:
     """pysyncobj's ``Serializer`` class, serving a registered :class:`SnapshotTransfer`
     for ``fullDumpFile="segstore-snapshot:<token>"``."""
-    if isinstance(file_name, str) and file_name.startswith(_SNAPSHOT_PREFIX):
-        with _pending_lock:
-            transfer = _pending_transfers.pop(file_name, None)
-        if transfer is None:
-            raise ClusterError(f"no segstore snapshot transfer is registered as {file_name!r}")
-        return transfer
+    if _transfers.owns(file_name):
+        return _transfers.take(file_name)  # type: ignore[arg-type]
     return _original_serializer(file_name, *args)
 
 
@@ -188,10 +214,7 @@ _syncobj_module.Serializer = _create_serializer
 def register_transfer(transfer: SnapshotTransfer) -> str:
     """The ``fullDumpFile`` name under which pysyncobj's next ``Serializer`` is
     ``transfer``."""
-    token = f"{_SNAPSHOT_PREFIX}{id(transfer)}:{time.monotonic_ns()}"
-    with _pending_lock:
-        _pending_transfers[token] = transfer
-    return token
+    return _transfers.register(transfer)
 
 
 # -- entries -------------------------------------------------------------------------
@@ -901,9 +924,8 @@ class PysyncobjHost(RaftHost):
                 self.endpoint, list(self._peers), conf=conf, transportClass=transport_class
             )
         finally:
-            with _pending_lock:
-                _pending_journals.pop(token, None)
-                _pending_transfers.pop(transfer_token, None)
+            _journals.discard(token)
+            _transfers.discard(transfer_token)
         self._transport = self._syncobj._SyncObj__transport
         self._syncobj.addOnTickCallback(self._on_tick)
         self._saver = threading.Thread(
