@@ -532,7 +532,8 @@ cdef inline const unsigned char* _bytes_of(object item, Py_buffer* view, Py_ssiz
 
 
 def measure_payloads(payloads, uint32_t[::1] lengths_out):
-    """Fill ``lengths_out`` with the size of each payload of a list or tuple; return the sum.
+    """Fill ``lengths_out`` with the size of each payload of a list or tuple; return the
+    largest (0 for none).
 
     Raises TypeError for an item that is not a contiguous byte buffer and ValueError for
     one over ``PAYLOAD_BYTES_MAX``: callers validate a whole batch before writing any.
@@ -543,7 +544,7 @@ def measure_payloads(payloads, uint32_t[::1] lengths_out):
     if lengths_out.shape[0] < n:
         raise ValueError(f"lengths_out holds {lengths_out.shape[0]} entries, not {n}")
     cdef Py_ssize_t k, size
-    cdef uint64_t total = 0
+    cdef uint32_t longest = 0
     cdef Py_buffer view
     cdef bint acquired
     for k in range(n):
@@ -553,8 +554,9 @@ def measure_payloads(payloads, uint32_t[::1] lengths_out):
         if <uint64_t>size > _U32_MAX:
             raise ValueError(f"payload {k} has {size} bytes, more than a frame holds")
         lengths_out[k] = <uint32_t>size
-        total += <uint64_t>size
-    return total
+        if <uint32_t>size > longest:
+            longest = <uint32_t>size
+    return longest
 
 
 def fit_frames(const uint32_t[::1] lengths, Py_ssize_t start, long long header_bytes,
@@ -1154,6 +1156,10 @@ cdef class LogRowBuffer:
 
     def add(self, uint64_t term, uint64_t timestamp_us, int val_type, object value):
         """Buffer one entry (``val_type`` 1 is app_log): the new count, or ``ROW_SLOW``."""
+        return self._add(term, timestamp_us, val_type, value)
+
+    cdef Py_ssize_t _add(self, uint64_t term, uint64_t timestamp_us, int val_type,
+                         object value) except -2:
         if val_type < 0 or val_type > 255:
             raise ValueError(f"val_type {val_type} is not a u8")
         cdef unsigned char* row = self._next_row()
@@ -1203,6 +1209,69 @@ cdef class LogRowBuffer:
             raise ValueError(f"cannot keep {count} of {self._count} rows")
         del self.values[count:]
         self._count = count
+
+
+cdef class EntryAppender:
+    """A log store's per-entry ``append`` (NuRaft's hot path) as one compiled call.
+
+    For an entry of exactly ``entry_type`` whose bytes value is at most
+    ``max_value_bytes`` long, while ``writable`` is true: under ``lock``, buffers it
+    with :meth:`LogRowBuffer.add` into ``rows`` and ``pending``, calls ``flush_full()``
+    once ``full_count`` entries are buffered, and returns the entry's index,
+    ``log.last_index`` plus the buffered count. Every other entry, including those
+    ``add`` sends to its Python twin, goes to ``slow(entry)``, the store's Python
+    ``append``, which handles or refuses it; its result is returned as is.
+    """
+
+    cdef LogRowBuffer _rows
+    cdef list _pending
+    cdef object _entry_type
+    cdef object _acquire
+    cdef object _release
+    cdef object _log
+    cdef Py_ssize_t _max_value_bytes
+    cdef Py_ssize_t _full_count
+    cdef object _slow
+    cdef object _flush_full
+    cdef public bint writable
+
+    def __cinit__(self, LogRowBuffer rows not None, list pending not None, type entry_type,
+                  object lock, object log, Py_ssize_t max_value_bytes,
+                  Py_ssize_t full_count, object slow, object flush_full):
+        self._rows = rows
+        self._pending = pending
+        self._entry_type = entry_type
+        self._acquire = lock.acquire  # (bound once: a lookup per call costs more)
+        self._release = lock.release
+        self._log = log
+        self._max_value_bytes = max_value_bytes
+        self._full_count = full_count
+        self._slow = slow
+        self._flush_full = flush_full
+        self.writable = True
+
+    def append(self, object entry):
+        """Buffer ``entry``; return its index (see the class docstring)."""
+        if type(entry) is not self._entry_type or not self.writable:
+            return self._slow(entry)
+        cdef object value = entry.value
+        if not PyBytes_CheckExact(value) or PyBytes_GET_SIZE(value) > self._max_value_bytes:
+            return self._slow(entry)
+        cdef Py_ssize_t count
+        self._acquire()
+        try:
+            if not self.writable:  # (closed or failed since the check above)
+                return self._slow(entry)
+            count = self._rows._add(entry.term, entry.timestamp_us, entry.val_type, value)
+            if count == _SLOW:
+                return self._slow(entry)  # (the lock is reentrant)
+            PyList_Append(self._pending, entry)
+            index = self._log.last_index + count
+            if count >= self._full_count:
+                self._flush_full()
+            return index
+        finally:
+            self._release()
 
 
 def build_log_entries(object entry_type, tuple setters, headers, list values,

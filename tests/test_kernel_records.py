@@ -938,6 +938,60 @@ def test_log_row_buffer_row_bytes_truncate_and_arguments() -> None:
         kernels.LogRowBuffer(1, [])  # type: ignore[arg-type]
 
 
+def test_entry_appender_buffers_the_common_case_and_hands_over_the_rest() -> None:
+    """EntryAppender.append: exact-type entries that fit are buffered under the lock
+    with index last_index + count, flush_full runs at full_count; wrong types, large
+    values, rows LogRowBuffer refuses and a store that is not writable go to slow."""
+    from segstore.raft import LogEntry, LogValType, encode_entry
+
+    class Log:
+        last_index = 100
+
+    class CountingLock:
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+            self.held = 0
+
+        def acquire(self) -> bool:
+            self.held += 1
+            return self.lock.acquire()
+
+        def release(self) -> None:
+            self.held -= 1
+            self.lock.release()
+
+    rows = kernels.LogRowBuffer(4, {})
+    pending: list[LogEntry] = []
+    handed: list[object] = []
+    flushes: list[tuple[int, int]] = []
+    lock = CountingLock()
+    appender = kernels.EntryAppender(
+        rows, pending, LogEntry, lock, Log(), 64, 3,
+        lambda entry: handed.append(entry) or -1,
+        lambda: flushes.append((len(pending), lock.held)),
+    )  # fmt: skip
+    first = LogEntry(1, encode_entry(2, b"a"))
+    assert appender.append(first) == 101
+    assert appender.append(LogEntry(1, b"c", LogValType.conf)) == 102
+    assert flushes == [] and lock.held == 0
+    assert pending == [first, LogEntry(1, b"c", LogValType.conf)]
+    assert rows.next_indices == {2: 2}
+
+    subclass = type("Sub", (LogEntry,), {"__slots__": ()})(1, encode_entry(2, b"s"))
+    large = LogEntry(1, encode_entry(2, bytes(64)))
+    refused = LogEntry(1, encode_entry(9, b"x"))  # no partition 9: add says ROW_SLOW
+    for entry in (subclass, large, refused):
+        assert appender.append(entry) == -1
+    assert handed == [subclass, large, refused] and len(pending) == 2 and lock.held == 0
+
+    third = LogEntry(1, encode_entry(2, b"b"))
+    assert appender.append(third) == 103
+    assert flushes == [(3, 1)] and rows.next_indices == {2: 3}  # under the lock
+
+    appender.writable = False
+    assert appender.append(third) == -1 and handed[-1] is third and len(pending) == 3
+
+
 @given(
     rows=st.lists(
         st.tuples(

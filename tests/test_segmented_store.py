@@ -18,6 +18,7 @@ import segstore.raft.segmented_store as segmented_store_module
 from segstore.aof import Aof
 from segstore.checkpoints import CHECKPOINTS_NAME
 from segstore.errors import (
+    ClosedError,
     CorruptionError,
     FailedStateError,
     IndexOutOfRangeError,
@@ -25,6 +26,7 @@ from segstore.errors import (
     NotAStoreError,
     PartitionError,
     RecordTooLargeError,
+    StorageIOError,
 )
 from segstore.partitions import PartitionLogStore
 from segstore.raft import (
@@ -317,6 +319,46 @@ def test_append_returns_the_index_when_the_buffer_is_written_early(tmp_path: Pat
         store.flush()
         assert_log_is(store, history, 1)
         assert_partitions_match(store, history)
+
+
+def test_append_after_a_failed_flush_raises_on_every_path(tmp_path: Path) -> None:
+    """Once a flush failed, append raises FailedStateError for every kind of entry:
+    the compiled appender must not keep buffering behind the failure."""
+    io = FaultyIO()
+    with open_store(tmp_path / "s", io=io) as store:
+        store.append(app(0, b"a"))
+        io.fail_fsync(str(tmp_path / "s" / "log"), times=None)
+        with pytest.raises(StorageIOError):
+            store.end_of_append_batch(1, 1)
+        next_slot = store.next_slot()
+        for entry in (app(1, b"b"), app(1, b"c", index=1), conf(b"c")):
+            with pytest.raises(FailedStateError):
+                store.append(entry)
+        assert store.next_slot() == next_slot
+
+
+def test_append_after_close_raises_closed(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s")
+    store.append(app(0, b"a"))
+    store.close()
+    with pytest.raises(ClosedError):
+        store.append(app(0, b"b"))
+
+
+def test_append_takes_entries_of_a_log_entry_subclass(tmp_path: Path) -> None:
+    """An entry that is not exactly a LogEntry takes the Python path, same result."""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class TaggedEntry(LogEntry):
+        pass
+
+    with open_store(tmp_path / "s") as store:
+        assert store.append(app(3, b"a")) == 1
+        assert store.append(TaggedEntry(1, encode_entry(3, b"b"))) == 2
+        assert store.append(app(3, b"c")) == 3
+        store.flush()
+        assert [store.partition_of(i) for i in (1, 2, 3)] == [(3, 1), (3, 2), (3, 3)]
+        assert store.entry_at(2) == LogEntry(1, encode_entry(3, b"b"))
 
 
 def test_explicit_index_checks_match_across_buffer_writes(tmp_path: Path) -> None:

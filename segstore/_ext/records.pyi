@@ -4,7 +4,7 @@ Hand-written, as asyncpg does, so ``mypy --strict`` checks the Python layer agai
 compiled one. Keep in step with the ``def`` signatures in ``_ext/records.pyx``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias
 
 import numpy as np
@@ -69,7 +69,7 @@ def encode_gathered(
     """Write frames of payloads gathered from ``source``; return the bytes written."""
 
 def measure_payloads(payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]) -> int:
-    """Fill ``lengths_out`` with each payload's size; return the sum."""
+    """Fill ``lengths_out`` with each payload's size; return the largest."""
 
 def fit_frames(
     lengths: npt.NDArray[np.uint32], start: int, header_bytes: int, room_bytes: int
@@ -226,6 +226,26 @@ class LogRowBuffer:
         """The buffered rows, len(self) * 32 bytes."""
     def truncate(self, count: int) -> None:
         """Keep the first ``count`` entries."""
+
+class EntryAppender:
+    """A log store's per-entry ``append`` in one compiled call (records.pyx)."""
+
+    writable: bool
+
+    def __init__(
+        self,
+        rows: LogRowBuffer,
+        pending: list[Any],
+        entry_type: type[Any],
+        lock: Any,
+        log: Any,
+        max_value_bytes: int,
+        full_count: int,
+        slow: Callable[[Any], int],
+        flush_full: Callable[[], None],
+    ) -> None: ...
+    def append(self, entry: Any) -> int:
+        """Buffer ``entry`` (or hand it to ``slow``); return its index."""
 
 def build_log_entries(
     entry_type: type[Any],

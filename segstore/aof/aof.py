@@ -472,10 +472,11 @@ class Aof:
             raise InvalidArgumentError("append_batch needs at least one payload")
         lengths = np.empty(count, np.uint32)
         try:
-            kernels.measure_payloads(payloads, lengths)
+            longest = kernels.measure_payloads(payloads, lengths)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"payloads must be byte buffers: {exc}") from None
-        return self._append_records(payloads, None, lengths, self._header_table(headers, count))
+        table = self._header_table(headers, count)
+        return self._append_records(payloads, None, lengths, longest, table)
 
     def append_gathered(
         self,
@@ -507,19 +508,22 @@ class Aof:
         size = view.nbytes
         if int(at.max()) > size or bool(np.any(sizes > size - np.minimum(at, size))):
             raise InvalidArgumentError(f"a payload lies outside the {size}-byte source")
-        return self._append_records(source, at, sizes, self._header_table(headers, len(at)))
+        table = self._header_table(headers, len(at))
+        return self._append_records(source, at, sizes, int(sizes.max()), table)
 
     def _append_records(
         self,
         payloads: Sequence[Payload] | Payload,
         offsets: npt.NDArray[np.uint64] | None,
         lengths: npt.NDArray[np.uint32],
+        longest: int,
         header_table: npt.NDArray[np.uint8],
     ) -> int:
         """Write checked records, one pwrite per segment: ``payloads`` is a sequence of
-        buffers, or with ``offsets`` one buffer holding them all."""
+        buffers, or with ``offsets`` one buffer holding them all; ``longest`` is the
+        largest of ``lengths``."""
         count = len(lengths)
-        self._check_fits(kernels.frame_bytes(self._header_bytes, int(lengths.max())))
+        self._check_fits(kernels.frame_bytes(self._header_bytes, longest))
         with self._write_lock:
             self._check_writable()
             done = 0
@@ -1138,6 +1142,8 @@ class Aof:
 def _unsigned_column(values: npt.ArrayLike, dtype: type[np.unsignedinteger[Any]], name: str) -> Any:
     """``values`` as a contiguous 1-d array of ``dtype``, refusing anything but
     integers that fit it (a plain cast would wrap or truncate them silently)."""
+    if type(values) is np.ndarray and values.dtype == dtype and values.ndim == 1:
+        return np.ascontiguousarray(values)  # (every value of the dtype fits it)
     try:
         column = np.asarray(values)
     except (TypeError, ValueError) as exc:

@@ -7,9 +7,10 @@ Directory layout::
     <store>/checkpoints.lmdb/  partition progress, one LMDB transaction per checkpoint
 
 Write path: ``append`` validates the entry, assigns (or checks) its partition index and
-buffers it, in one compiled call (``LogRowBuffer.add``; anything unusual, refusals
-included, goes to the Python twin ``_row_of``, so a wrong explicit partition index is a
-PartitionError raised by that ``append``, with nothing changed). ``end_of_append_batch``
+buffers it, in one compiled call (``EntryAppender.append``, bound on the instance;
+anything unusual, refusals included, goes to the Python method and its twin ``_row_of``,
+so a wrong explicit partition index is a PartitionError raised by that ``append``, with
+nothing changed). ``end_of_append_batch``
 writes the buffer with one ``Aof.append_batch`` and, unless the store is in parallel mode,
 waits for the group commit; in parallel mode a batch ended while a flush is in flight is
 written when that flush ends, with every other batch ended meanwhile. Reads see the buffer.
@@ -31,7 +32,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from segstore.aof import Aof, FileIO
-from segstore.aof.kernels import ROW_SLOW, LogRowBuffer, build_log_entries
+from segstore.aof.kernels import ROW_SLOW, EntryAppender, LogRowBuffer, build_log_entries
 from segstore.checkpoints import CHECKPOINTS_NAME, AppliedUpdate, CheckpointStore
 from segstore.errors import (
     ClosedError,
@@ -236,6 +237,22 @@ class SegmentedLogStore(LogStore):
         self._write_deferred = False
         self._write_wakeup = threading.Event()
         self._writer_thread: threading.Thread | None = None
+        # NuRaft calls ``append`` once per entry: the compiled appender runs the
+        # common case of :meth:`append` with no Python frame, and hands everything
+        # else (refusals included) to it. Bound on the instance, so it shadows the
+        # method for callers while the method stays the one implementation of the rules.
+        self._appender = EntryAppender(
+            self._rows,
+            self._pending,
+            LogEntry,
+            self._lock,
+            self._log,
+            self._max_value_bytes,
+            PENDING_RECORDS_MAX,
+            self._append_checked,
+            self._write_pending,
+        )
+        self.append = self._appender.append  # type: ignore[method-assign]
         self._closed = False
         self._log.on_durable(self._on_durable)
         if parallel:
@@ -263,6 +280,7 @@ class SegmentedLogStore(LogStore):
                 self.sync_partitions()
         finally:
             self._closed = True
+            self._appender.writable = False
             self._stopping = True
             self._stop.set()
             self._route_wakeup.set()
@@ -324,6 +342,10 @@ class SegmentedLogStore(LogStore):
 
     def append(self, entry: LogEntry) -> int:
         """Append ``entry`` at next_slot; app_log entries are routed to their partition."""
+        return self._append_checked(entry)
+
+    def _append_checked(self, entry: LogEntry) -> int:
+        """``append`` in Python: every case the compiled appender hands over."""
         if type(entry) is not LogEntry:
             check_log_entry(entry)
         if len(entry.value) > self._max_value_bytes:
@@ -461,7 +483,7 @@ class SegmentedLogStore(LogStore):
         except Exception as exc:
             # A failed write failed the log stop (its callbacks reported ok=False);
             # the appending thread sees the failure on its next call.
-            self._failure = self._failure or exc
+            self._fail(exc)
         finally:
             self._lock.release()
         return True
@@ -510,7 +532,7 @@ class SegmentedLogStore(LogStore):
                     self._log.truncate_after(max(index - 1, self._log.first_index - 1))
                 except BaseException as exc:
                     # Half a rollback: the router's view may no longer match the files.
-                    self._failure = exc
+                    self._fail(exc)
                     raise
         self._rows.next_indices = after
 
@@ -746,7 +768,7 @@ class SegmentedLogStore(LogStore):
                     self._finish_install(last_log_index)
                 except BaseException as exc:
                     # Half an install: a reopen finishes it from the marker.
-                    self._failure = exc
+                    self._fail(exc)
                     raise
             self._rows.next_indices = dict(next_partition_indices)
 
@@ -865,9 +887,14 @@ class SegmentedLogStore(LogStore):
             raise InvalidArgumentError("the callback must be callable")
         self._notify = callback
 
+    def _fail(self, failure: BaseException) -> None:
+        """Fail the store stop: every later write raises (the first failure is kept)."""
+        self._failure = self._failure or failure
+        self._appender.writable = False
+
     def _on_durable(self, event: int | BaseException) -> None:
         if isinstance(event, BaseException):
-            self._failure = event
+            self._fail(event)
         notify = self._notify
         if notify is not None:
             notify(not isinstance(event, BaseException))
