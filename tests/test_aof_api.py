@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -898,6 +899,68 @@ def test_reads_racing_truncations_see_a_record_or_out_of_range(tmp_path: Path) -
                 thread.join()
         with pytest.raises(IndexOutOfRangeError):
             dropped.view()
+    assert not problems, problems
+
+
+def test_index_lookups_racing_truncations_see_a_record_or_out_of_range(
+    tmp_path: Path,
+) -> None:
+    # header, header_raw, headers and payload_lengths read the in-memory index with no
+    # lock. Racing truncations, each must give what the records held (it came first)
+    # or raise IndexOutOfRangeError (it came after): never a short or shifted result,
+    # never another error.
+    count = 2000
+    problems: list[str] = []
+    stop = threading.Event()
+    with open_aof(tmp_path / "a", header_dtype=HEADER_DTYPE) as aof:
+        rows = np.array([header_of(i) for i in range(1, count + 1)], HEADER_DTYPE)
+        sizes = np.array([len(payload_of(i)) for i in range(1, count + 1)], np.uint32)
+
+        def append_from(first: int) -> None:
+            aof.append_batch([payload_of(i) for i in range(first, count + 1)], rows[first - 1 :])
+
+        append_from(1)
+        lookups: list[tuple[str, Callable[[int], object], Callable[[int], object]]] = [
+            ("header", aof.header, lambda i: rows[i - 1]),
+            ("header_raw", aof.header_raw, lambda i: rows[i - 1].tobytes()),
+            ("headers", lambda i: aof.headers(i, i + 40).tobytes(),
+             lambda i: rows[i - 1 : i + 39].tobytes()),
+            ("payload_lengths", lambda i: aof.payload_lengths(i, i + 40).tolist(),
+             lambda i: sizes[i - 1 : i + 39].tolist()),
+        ]  # fmt: skip
+
+        def reader(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                name, lookup, expected = lookups[rng.randrange(len(lookups))]
+                i = rng.randint(1, count - 40)
+                try:
+                    got = lookup(i)
+                except IndexOutOfRangeError:
+                    continue
+                except Exception as exc:  # any other error is the failure
+                    problems.append(f"{name}({i}): {exc!r}")
+                    return
+                if got != expected(i):
+                    problems.append(f"{name}({i}) returned {got!r}, not {expected(i)!r}")
+                    return
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in (1, 2)]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads often: the races show up at once
+        for thread in threads:
+            thread.start()
+        try:
+            for cut in range(1990, 1500, -70):  # truncate_after drops tail segments
+                aof.truncate_after(cut)
+                append_from(cut + 1)
+            for first in range(100, 1500, 100):  # and truncate_before head ones
+                aof.truncate_before(first)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            sys.setswitchinterval(interval)
     assert not problems, problems
 
 

@@ -8,11 +8,12 @@ alongside appends. Durability comes from :mod:`segstore.aof.group_commit`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -191,6 +192,9 @@ class Aof:
             self._verify_reads = verify_reads
             self._readonly = readonly
             self._write_lock = threading.RLock()
+            # Odd while a truncation changes the index, bumped again when it is done:
+            # a lock-free index lookup that saw it move runs again under the lock.
+            self._truncations = 0
             self._epoch_bumped = self._created
             self._dir_dirty = False
             self._scratch = bytearray(1 << 16)
@@ -856,6 +860,9 @@ class Aof:
 
     def header_raw(self, index: int) -> bytes:
         """The header of record ``index`` as its raw bytes (cheaper than :meth:`header`)."""
+        return self._index_lookup(lambda: self._header_raw_located(index))
+
+    def _header_raw_located(self, index: int) -> bytes:
         segment, position = self._locate(index)
         h = self._header_bytes
         return segment.headers[position * h : (position + 1) * h].tobytes()
@@ -863,9 +870,8 @@ class Aof:
     def header(self, index: int) -> Any:
         """The header of record ``index`` as a structured numpy scalar."""
         dtype = self._require_dtype()
-        segment, position = self._locate(index)
-        h = self._header_bytes
-        return segment.headers[position * h : (position + 1) * h].view(dtype)[0].copy()
+        raw = self._index_lookup(lambda: self._header_raw_located(index))
+        return np.frombuffer(raw, dtype)[0].copy()
 
     @overload
     def read_range(self, start: int, end: int) -> list[memoryview]: ...
@@ -947,14 +953,38 @@ class Aof:
         """Headers of records ``[start, end)`` as one structured array (a copy)."""
         dtype = self._require_dtype()
         h = self._header_bytes
-        parts = [segment.headers[lo * h : hi * h] for segment, lo, hi in self._spans(start, end)]
-        raw = np.concatenate(parts) if parts else np.empty(0, np.uint8)
-        return raw.view(dtype)
+
+        def lookup() -> npt.NDArray[np.uint8]:
+            parts = [s.headers[lo * h : hi * h] for s, lo, hi in self._spans(start, end)]
+            return np.concatenate(parts) if parts else np.empty(0, np.uint8)
+
+        return self._index_lookup(lookup).view(dtype)
 
     def payload_lengths(self, start: int, end: int) -> npt.NDArray[np.uint32]:
         """Payload sizes of records ``[start, end)`` without touching payloads."""
-        parts = [segment.lengths[lo:hi] for segment, lo, hi in self._spans(start, end)]
-        return np.concatenate(parts) if parts else np.empty(0, np.uint32)
+
+        def lookup() -> npt.NDArray[np.uint32]:
+            parts = [segment.lengths[lo:hi] for segment, lo, hi in self._spans(start, end)]
+            return np.concatenate(parts) if parts else np.empty(0, np.uint32)
+
+        return self._index_lookup(lookup)
+
+    def _index_lookup(self, lookup: Callable[[], _Read]) -> _Read:
+        """Run a lookup of the in-memory index with no lock, unless a truncation ran
+        meanwhile (it may have left the lookup with a shifted or short result, or a
+        spurious error): then run it again with writes held off."""
+        before = self._truncations
+        if not before & 1:
+            try:
+                found = lookup()
+            except Exception:
+                if self._truncations == before:
+                    raise  # a real error: nothing changed under the lookup
+            else:
+                if self._truncations == before:
+                    return found
+        with self._write_lock:
+            return lookup()
 
     def _spans(self, start: int, end: int) -> list[tuple[Segment, int, int]]:
         """(segment, first position, end position) covering ``[start, end)``."""
@@ -1011,15 +1041,16 @@ class Aof:
                 return
             self._commit.flush_locked()
             self._write_meta(self._meta.with_changes(first_index=index))
-            self._set_first_index(index)
-            keep = [s for s in self._segments if s.last_index >= index]
-            drop = self._segments[: len(self._segments) - len(keep)]
-            if index > self._last_index:
-                drop, keep = self._segments, []
-                self._last_index = index - 1
-                self._commit.raise_to(index - 1)
-            self._drop_segments(drop)
-            self._set_segments(keep)
+            with self._changing_index():
+                self._set_first_index(index)
+                keep = [s for s in self._segments if s.last_index >= index]
+                drop = self._segments[: len(self._segments) - len(keep)]
+                if index > self._last_index:
+                    drop, keep = self._segments, []
+                    self._last_index = index - 1
+                    self._commit.raise_to(index - 1)
+                self._drop_segments(drop)
+                self._set_segments(keep)
 
     def truncate_after(self, index: int) -> None:
         """Drop records after ``index``; durable on return.
@@ -1043,17 +1074,27 @@ class Aof:
                 # the last segment's sidecar; the rollover removes it before a successor
                 # exists (see _segment_with_room), which keeps this call cheap.
                 segment.sidecar_trusted = False
-            self._drop_segments(drop)
-            self._set_segments(keep)
-            self._last_index = index
-            self._bump_epoch()  # commit point: records after index are dead
-            if keep:
-                tail = keep[-1]
-                tail.cut(index - tail.first_index + 1)
-                if tail.write_fd is None:
-                    tail.write_fd = self._io.open(tail.path, os.O_RDWR)
-                tail.sealed = False
+            with self._changing_index():
+                self._drop_segments(drop)
+                self._set_segments(keep)
+                self._last_index = index
+                self._bump_epoch()  # commit point: records after index are dead
+                if keep:
+                    tail = keep[-1]
+                    tail.cut(index - tail.first_index + 1)
+                    if tail.write_fd is None:
+                        tail.write_fd = self._io.open(tail.path, os.O_RDWR)
+                    tail.sealed = False
             self._commit.lower(index)
+
+    @contextlib.contextmanager
+    def _changing_index(self) -> Iterator[None]:
+        """Mark the index as changing for lock-free lookups (see :meth:`_index_lookup`)."""
+        self._truncations += 1
+        try:
+            yield
+        finally:
+            self._truncations += 1
 
     def _drop_segments(self, segments: list[Segment]) -> None:
         if not segments:
