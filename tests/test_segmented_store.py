@@ -337,6 +337,36 @@ def test_append_after_a_failed_flush_raises_on_every_path(tmp_path: Path) -> Non
         assert store.next_slot() == next_slot
 
 
+def test_append_after_a_failed_write_raises_at_once(tmp_path: Path) -> None:
+    """A failed write of the buffer fails the store stop: later appends raise instead
+    of buffering entries that can never be written."""
+    io = FaultyIO()
+    with open_store(tmp_path / "s", io=io) as store:
+        store.append(app(0, b"a"))
+        io.fail("pwrite", str(tmp_path / "s" / "log"))
+        with pytest.raises(StorageIOError):
+            store.end_of_append_batch(1, 1)
+        with pytest.raises(FailedStateError):
+            store.append(app(0, b"b"))
+        assert store.next_slot() == 2
+
+
+def test_a_subclass_overriding_append_keeps_its_override(tmp_path: Path) -> None:
+    """The compiled append is bound only when ``append`` is SegmentedLogStore's own."""
+    seen: list[LogEntry] = []
+
+    class CountingStore(SegmentedLogStore):
+        def append(self, entry: LogEntry) -> int:
+            seen.append(entry)
+            return super().append(entry)
+
+    with CountingStore.open(tmp_path / "s", partitions=PARTITIONS) as store:
+        assert store.append(app(0, b"a")) == 1
+        store.write_at(1, app(0, b"b"))
+        assert seen == [app(0, b"a"), app(0, b"b")]
+        assert store.entry_at(1) == app(0, b"b")
+
+
 def test_append_after_close_raises_closed(tmp_path: Path) -> None:
     store = open_store(tmp_path / "s")
     store.append(app(0, b"a"))

@@ -43,6 +43,7 @@ from segstore.errors import (
     PartitionError,
     RecordTooLargeError,
     SegstoreError,
+    StorageIOError,
 )
 from segstore.partitions import PARTITIONS_DIR, PartitionLogs, PartitionLogStore
 from segstore.raft.log_entry import (
@@ -240,7 +241,8 @@ class SegmentedLogStore(LogStore):
         # NuRaft calls ``append`` once per entry: the compiled appender runs the
         # common case of :meth:`append` with no Python frame, and hands everything
         # else (refusals included) to it. Bound on the instance, so it shadows the
-        # method for callers while the method stays the one implementation of the rules.
+        # method for callers while the method stays the one implementation of the
+        # rules; a subclass that overrides ``append`` keeps its override.
         self._appender = EntryAppender(
             self._rows,
             self._pending,
@@ -252,7 +254,8 @@ class SegmentedLogStore(LogStore):
             self._append_checked,
             self._write_pending,
         )
-        self.append = self._appender.append  # type: ignore[method-assign]
+        if type(self).append is SegmentedLogStore.append:
+            self.append = self._appender.append  # type: ignore[method-assign]
         self._closed = False
         self._log.on_durable(self._on_durable)
         if parallel:
@@ -279,8 +282,8 @@ class SegmentedLogStore(LogStore):
                 self._log.sync()
                 self.sync_partitions()
         finally:
-            self._closed = True
             self._appender.writable = False
+            self._closed = True
             self._stopping = True
             self._stop.set()
             self._route_wakeup.set()
@@ -450,7 +453,11 @@ class SegmentedLogStore(LogStore):
     def _write_pending(self) -> None:
         if not self._pending:
             return
-        self._log.append_batch(self._rows.values, self._pending_headers())
+        try:
+            self._log.append_batch(self._rows.values, self._pending_headers())
+        except StorageIOError as exc:
+            self._fail(exc)  # the log failed stop: nothing more can be written
+            raise
         self._pending.clear()
         self._rows.truncate(0)
 
