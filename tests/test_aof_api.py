@@ -364,6 +364,24 @@ def test_autosync_makes_records_durable_without_sync(tmp_path: Path) -> None:
         assert aof.durable_index <= aof.last_index
 
 
+def test_autosync_flushes_again_after_writers_synced_themselves(tmp_path: Path) -> None:
+    # While writers' own syncs cover everything the flusher backs off (lingers up to
+    # 16x longer); a record no writer syncs afterwards must still become durable, by
+    # the flusher.
+    flushers: list[str] = []
+    with open_aof(tmp_path / "a", autosync=True, autosync_linger_s=0.001) as aof:
+        aof.on_durable(lambda event: flushers.append(threading.current_thread().name))
+        for _ in range(60):  # ~60 rounds' worth of writer-synced batches
+            aof.append_batch([b"x"] * 8)
+            aof.sync()
+            time.sleep(0.001)
+        assert aof.durable_index == 480
+        synced_by_writer = len(flushers)
+        aof.append(b"unsynced")
+        wait_for(lambda: aof.durable_index == 481, "the flusher to cover record 481")
+    assert flushers[synced_by_writer:] == ["segstore-flusher"]
+
+
 def test_on_durable_sees_increasing_indices_up_to_the_last(tmp_path: Path) -> None:
     seen: list[int | BaseException] = []
     lock = threading.Lock()

@@ -130,7 +130,8 @@ class Aof:
         ``autosync``: a background flusher syncs whatever is appended (group commit);
         without it records become durable only through :meth:`sync`.
         ``autosync_linger_s``: how long the flusher waits after an append before it
-        syncs, so that callers of :meth:`sync` and bursts of appends share one flush.
+        syncs, so that callers of :meth:`sync` and bursts of appends share one flush;
+        while callers' own syncs cover everything, it waits up to 16 times longer.
         ``preallocate``: ``"zero"`` fills new segments with zeros ahead of need (cheaper
         fdatasync), ``"sparse"`` only sizes them.
         ``verify_reads``: check each record's CRC32C when it is read.
