@@ -973,13 +973,14 @@ cdef class ReadPath:
 
     Returns None for everything unusual (not an int, out of range, segment not mapped
     yet, a frame that does not check out) so the caller's slow path can map, raise
-    the precise error, or both.
+    the precise error, or both; :meth:`payload` calls that slow path, ``slow``, itself.
     """
 
     cdef list _segments
     cdef public long long first_index
     cdef public Py_ssize_t header_bytes
     cdef public bint verify
+    cdef public object slow
 
     def __cinit__(self):
         self._segments = []
@@ -1030,6 +1031,21 @@ cdef class ReadPath:
             segment.offsets, segment.lengths, wanted - segment.first_index,
             self.header_bytes, wanted, self.verify
         )
+
+    def payload(self, index):
+        """The payload of record ``index``, from ``slow(index)`` where :meth:`read`
+        would return None: ``Aof.read`` with no Python frame on its common path."""
+        cdef long long wanted
+        cdef SegmentIndexBase segment = self._locate(index, &wanted)
+        cdef object view = None
+        if segment is not None:
+            view = (<RecordReader>segment.reader).read(
+                segment.offsets, segment.lengths, wanted - segment.first_index,
+                self.header_bytes, wanted, self.verify
+            )
+        if view is None:
+            return self.slow(index)
+        return view
 
     def read_copy(self, index):
         """``(header, payload)`` bytes of record ``index``, or None for the slow path."""

@@ -982,6 +982,21 @@ def test_index_lookups_racing_truncations_see_a_record_or_out_of_range(
     assert not problems, problems
 
 
+def test_a_subclass_overriding_read_keeps_its_override(tmp_path: Path) -> None:
+    # Aof binds its compiled read on the instance only when read is Aof's own.
+    class UpperAof(Aof):
+        def read(self, index: int) -> memoryview:
+            return memoryview(bytes(super().read(index)).upper())
+
+    with UpperAof.open(tmp_path / "a", segment_bytes=SEGMENT_BYTES) as aof:
+        aof.append(b"abc")
+        assert bytes(aof.read(1)) == b"ABC"
+    with open_aof(tmp_path / "a") as aof:
+        assert bytes(aof.read(1)) == b"abc"
+    with pytest.raises(ClosedError):
+        aof.read(1)
+
+
 def test_out_of_range_reads_never_wait_for_a_writer(tmp_path: Path) -> None:
     # Only a read that fails as a race can make it fail is retried under the write
     # lock; an out-of-range read raises at once even while a writer holds the lock.

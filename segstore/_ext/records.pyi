@@ -190,9 +190,12 @@ class ReadPath:
     first_index: int
     header_bytes: int
     verify: bool
+    slow: Callable[[int], memoryview]
 
     def set_segments(self, segments: list[SegmentIndexBase]) -> None: ...
     def read(self, index: object) -> memoryview | None: ...
+    def payload(self, index: int) -> memoryview:
+        """read(index), or slow(index) where read would return None."""
     def read_copy(self, index: object) -> tuple[bytes, bytes] | None: ...
 
 # -- the segmented log's record header (FORMAT.md 7.2) and partition header (7.1) --------
