@@ -944,9 +944,6 @@ def test_entry_appender_buffers_the_common_case_and_hands_over_the_rest() -> Non
     values, rows LogRowBuffer refuses and a store that is not writable go to slow."""
     from segstore.raft import LogEntry, LogValType, encode_entry
 
-    class Log:
-        last_index = 100
-
     class CountingLock:
         def __init__(self) -> None:
             self.lock = threading.RLock()
@@ -966,7 +963,7 @@ def test_entry_appender_buffers_the_common_case_and_hands_over_the_rest() -> Non
     flushes: list[tuple[int, int]] = []
     lock = CountingLock()
     appender = kernels.EntryAppender(
-        rows, pending, LogEntry, lock, Log(), 64, 3,
+        rows, pending, LogEntry, lock, 100, 64, 3,
         lambda entry: handed.append(entry) or -1,
         lambda: flushes.append((len(pending), lock.held)),
     )  # fmt: skip

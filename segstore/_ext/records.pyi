@@ -234,6 +234,7 @@ class EntryAppender:
     """A log store's per-entry ``append`` in one compiled call (records.pyx)."""
 
     writable: bool
+    log_last_index: int
 
     def __init__(
         self,
@@ -241,7 +242,7 @@ class EntryAppender:
         pending: list[Any],
         entry_type: type[Any],
         lock: Any,
-        log: Any,
+        log_last_index: int,
         max_value_bytes: int,
         full_count: int,
         slow: Callable[[Any], int],

@@ -154,6 +154,7 @@ class SegmentedLogStore(LogStore):
         io: FileIO | None,
     ) -> None:
         self._closed = True
+        self._appender: EntryAppender | None = None
         self.path = path
         if partitions is not None:
             check_uint("partitions", partitions, NO_PARTITION)
@@ -248,7 +249,7 @@ class SegmentedLogStore(LogStore):
             self._pending,
             LogEntry,
             self._lock,
-            self._log,
+            self._log.last_index,
             self._max_value_bytes,
             PENDING_RECORDS_MAX,
             self._append_checked,
@@ -282,7 +283,7 @@ class SegmentedLogStore(LogStore):
                 self._log.sync()
                 self.sync_partitions()
         finally:
-            self._appender.writable = False
+            self._appender.writable = False  # type: ignore[union-attr]
             self._closed = True
             self._stopping = True
             self._stop.set()
@@ -458,8 +459,15 @@ class SegmentedLogStore(LogStore):
         except StorageIOError as exc:
             self._fail(exc)  # the log failed stop: nothing more can be written
             raise
+        finally:
+            self._log_moved()
         self._pending.clear()
         self._rows.truncate(0)
+
+    def _log_moved(self) -> None:
+        """Tell the compiled appender where the log's tail is: after every change to it."""
+        if self._appender is not None:
+            self._appender.log_last_index = self._log.last_index
 
     def end_of_append_batch(self, start: int, count: int) -> None:
         """The group-commit point: write the batch; wait for it unless parallel.
@@ -541,6 +549,8 @@ class SegmentedLogStore(LogStore):
                     # Half a rollback: the router's view may no longer match the files.
                     self._fail(exc)
                     raise
+                finally:
+                    self._log_moved()
         self._rows.next_indices = after
 
     # -- reads -------------------------------------------------------------------------
@@ -788,7 +798,10 @@ class SegmentedLogStore(LogStore):
         """
         start = last_log_index + 1
         with self._router.paused():
-            self._log.truncate_before(start)
+            try:
+                self._log.truncate_before(start)
+            finally:
+                self._log_moved()
         if start > self._start_index:
             self._log.set_user_meta({**self._log.user_meta, "start_index": start})
             self._start_index = start
@@ -836,7 +849,10 @@ class SegmentedLogStore(LogStore):
             for hold in self._retention:
                 below = min(below, hold())
             if below > self._log.first_index:
-                self._log.truncate_before(below)
+                try:
+                    self._log.truncate_before(below)
+                finally:
+                    self._log_moved()
 
     def add_retention(self, required_raft_index: Callable[[], int]) -> None:
         """Keep the log from ``required_raft_index()`` on, whatever ``compact`` allows.
@@ -897,7 +913,8 @@ class SegmentedLogStore(LogStore):
     def _fail(self, failure: BaseException) -> None:
         """Fail the store stop: every later write raises (the first failure is kept)."""
         self._failure = self._failure or failure
-        self._appender.writable = False
+        if self._appender is not None:
+            self._appender.writable = False
 
     def _on_durable(self, event: int | BaseException) -> None:
         if isinstance(event, BaseException):
