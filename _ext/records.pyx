@@ -449,6 +449,27 @@ def encode_one(out, Py_ssize_t out_offset, payload, header, long long index, lon
     return written
 
 
+def gathered_extent(const uint64_t[::1] offsets, const uint32_t[::1] lengths):
+    """``(end, longest)`` of payloads ``[offsets[k], offsets[k] + lengths[k])``: the
+    first byte past all of them (at most 2**64 - 1) and the largest length, (0, 0) for
+    none; one pass with the GIL released. ValueError if the columns differ in length."""
+    if offsets.shape[0] != lengths.shape[0]:
+        raise ValueError(f"{offsets.shape[0]} offsets but {lengths.shape[0]} lengths")
+    cdef Py_ssize_t k
+    cdef uint64_t end = 0, payload_end
+    cdef uint32_t longest = 0
+    with nogil:
+        for k in range(offsets.shape[0]):
+            payload_end = offsets[k] + lengths[k]
+            if payload_end < offsets[k]:
+                payload_end = <uint64_t>-1  # (wrapped: saturate)
+            if payload_end > end:
+                end = payload_end
+            if lengths[k] > longest:
+                longest = lengths[k]
+    return end, longest
+
+
 def encode_gathered(out, Py_ssize_t out_offset, source, const uint64_t[::1] payload_offsets,
                     const uint32_t[::1] payload_lengths, Py_ssize_t start, headers,
                     long long header_bytes, long long first_index, long long epoch,

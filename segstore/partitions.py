@@ -418,7 +418,7 @@ def _raft_column(raft_indices: object, count: int) -> npt.NDArray[np.uint64]:
     column = np.ascontiguousarray(column, "<u8")  # the header's byte order
     if int(column[0]) < 1:
         raise InvalidArgumentError("raft indices start at 1")
-    if count > 1 and not bool(np.all(column[1:] > column[:-1])):
+    if count > 1 and not (column[1:] > column[:-1]).all():  # (the method: no Python wrapper)
         bad = int(np.argmin(column[1:] > column[:-1]))
         raise PartitionError(
             f"raft indices must be strictly increasing: {int(column[bad])} is followed by "

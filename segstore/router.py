@@ -173,7 +173,7 @@ class Router:
             self._reconcile(pid, plog)
             # After a crash some of these may be in the partition log already (routed
             # but not checkpointed): they matched the log in _reconcile, so skip them.
-            skip = int(np.searchsorted(raft, np.uint64(self._last_raft.get(pid, 0)), "right"))
+            skip = int(raft.searchsorted(np.uint64(self._last_raft.get(pid, 0)), "right"))
             if skip == len(positions):
                 return
             first = int(indices[skip])

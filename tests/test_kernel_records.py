@@ -244,6 +244,17 @@ def test_durable_lag_field() -> None:
         assert model.durable_lag(index, durable_index) == lag
 
 
+def test_gathered_extent_is_the_end_of_the_farthest_payload_and_the_longest() -> None:
+    u64, u32 = np.uint64, np.uint32
+    extent = kernels.gathered_extent
+    assert extent(np.array([0, 100, 40], u64), np.array([10, 5, 90], u32)) == (130, 90)
+    assert extent(np.empty(0, u64), np.empty(0, u32)) == (0, 0)
+    # an end past 2**64 - 1 saturates instead of wrapping to a small number
+    assert extent(np.array([2**64 - 4], u64), np.array([9], u32)) == (2**64 - 1, 9)
+    with pytest.raises(ValueError):
+        extent(np.zeros(2, u64), np.zeros(3, u32))
+
+
 @settings(max_examples=200)
 @given(
     payloads=payload_lists,

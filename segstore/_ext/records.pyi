@@ -71,6 +71,11 @@ def encode_gathered(
 def measure_payloads(payloads: Sequence[BufferLike], lengths_out: npt.NDArray[np.uint32]) -> int:
     """Fill ``lengths_out`` with each payload's size; return the largest."""
 
+def gathered_extent(
+    offsets: npt.NDArray[np.uint64], lengths: npt.NDArray[np.uint32]
+) -> tuple[int, int]:
+    """(first byte past every payload, largest length); (0, 0) for none."""
+
 def fit_frames(
     lengths: npt.NDArray[np.uint32], start: int, header_bytes: int, room_bytes: int
 ) -> tuple[int, int]:
