@@ -928,7 +928,8 @@ class SegmentedLogStore(LogStore):
             # may be waiting for this flush, so a busy lock hands the write over).
             if self._write_deferred and not self._write_deferred_batches(blocking=False):
                 self._write_wakeup.set()
-            self._route_wakeup.set()
+            if not self._route_wakeup.is_set():  # (set until the router starts a route:
+                self._route_wakeup.set()  # it reads the durable index after clearing it)
 
     # -- partitions --------------------------------------------------------------------
 
