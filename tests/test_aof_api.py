@@ -382,6 +382,19 @@ def test_autosync_flushes_again_after_writers_synced_themselves(tmp_path: Path) 
     assert flushers[synced_by_writer:] == ["segstore-flusher"]
 
 
+def test_close_cuts_the_flushers_linger_short(tmp_path: Path) -> None:
+    # A flusher lingering (30 s here, so any wait for it is unmistakable) must not
+    # hold up close.
+    aof = open_aof(tmp_path / "a", autosync=True, autosync_linger_s=30.0)
+    aof.append(b"x")  # the flusher wakes and lingers
+    closer = threading.Thread(target=aof.close)
+    closer.start()
+    closer.join(DEADLINE_S)
+    assert not closer.is_alive(), "close waited for the flusher's linger"
+    with open_aof(tmp_path / "a") as reopened:
+        assert bytes(reopened.read(1)) == b"x"
+
+
 def test_on_durable_sees_increasing_indices_up_to_the_last(tmp_path: Path) -> None:
     seen: list[int | BaseException] = []
     lock = threading.Lock()
@@ -995,6 +1008,17 @@ def test_a_subclass_overriding_read_keeps_its_override(tmp_path: Path) -> None:
         assert bytes(aof.read(1)) == b"abc"
     with pytest.raises(ClosedError):
         aof.read(1)
+
+
+def test_a_patch_of_aof_read_reaches_aofs_opened_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests patch Aof.read on the class (tests/test_stats.py makes it refuse).
+    with open_aof(tmp_path / "a") as aof:
+        aof.append(b"abc")
+    monkeypatch.setattr(Aof, "read", lambda self, index: memoryview(b"patched"))
+    with open_aof(tmp_path / "a") as aof:
+        assert bytes(aof.read(1)) == b"patched"
 
 
 def test_out_of_range_reads_never_wait_for_a_writer(tmp_path: Path) -> None:

@@ -287,6 +287,28 @@ def test_failing_pwrite_fails_stop_and_loses_nothing_durable(tmp_path: Path, par
         assert_intact(again, 1, 31)
 
 
+def test_failed_truncate_after_fails_stop_and_reopens_whole(tmp_path: Path) -> None:
+    # The epoch bump that commits truncate_after fails after the index was changed in
+    # memory: the Aof must fail stop (an append here created a segment overlapping the
+    # old tail, and the directory no longer opened). A reopen finds a gap-free log with
+    # every record up to the cut intact, and possibly some after it: the segments past
+    # the cut's own were dropped before the commit point, that segment was not cut.
+    io = FaultyIO(real_sync=False)
+    aof = open_aof(tmp_path, io)
+    batch(aof, 1, 600)  # several segments
+    aof.sync()
+    cut = aof.segment_infos()[1].first_index + 10
+    io.fail_rename("aof.meta", errno=errno.EIO, times=1)
+    with pytest.raises(StorageIOError):
+        aof.truncate_after(cut)
+    with pytest.raises(FailedStateError):
+        aof.append(payload_for(cut + 1), header_for(cut + 1))
+    close_quietly(aof)
+    with open_aof(tmp_path) as reopened:
+        assert cut <= reopened.last_index <= 599
+        assert_intact(reopened, 1, reopened.last_index + 1)
+
+
 def test_failing_pwrite_in_second_chunk_of_batch(tmp_path: Path) -> None:
     # Invariant 8 and 1: a batch spanning two segments whose second write fails fails the
     # store; the durable prefix survives and the log stays gap-free.

@@ -367,6 +367,22 @@ def test_a_subclass_overriding_append_keeps_its_override(tmp_path: Path) -> None
         assert store.entry_at(1) == app(0, b"b")
 
 
+def test_a_patch_of_append_reaches_stores_opened_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[LogEntry] = []
+    original = SegmentedLogStore.append
+
+    def counting(self: SegmentedLogStore, entry: LogEntry) -> int:
+        seen.append(entry)
+        return original(self, entry)
+
+    monkeypatch.setattr(SegmentedLogStore, "append", counting)
+    with open_store(tmp_path / "s") as store:
+        assert store.append(app(0, b"a")) == 1
+    assert seen == [app(0, b"a")]
+
+
 def test_append_after_close_raises_closed(tmp_path: Path) -> None:
     store = open_store(tmp_path / "s")
     store.append(app(0, b"a"))
@@ -884,6 +900,50 @@ def test_parallel_mode_deferred_write_waits_for_a_busy_store_lock(tmp_path: Path
         assert_partitions_match(store, history)
     finally:
         held.gate.set()
+        store.close()
+
+
+def test_parallel_mode_batch_ended_as_the_flush_ends_is_written(tmp_path: Path) -> None:
+    """A flush that ends after end_of_append_batch saw it in flight but before the
+    batch was marked deferred must not strand the batch: it was left unwritten, never
+    reported durable, until the next batch."""
+
+    class FlushEndsOnRead:
+        """The log, except that reading durable_index first lets the flush finish."""
+
+        def __init__(self, log: Aof) -> None:
+            self.log, self.armed = log, False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.log, name)
+
+        @property
+        def durable_index(self) -> int:
+            value = self.log.durable_index
+            if self.armed and value < self.log.last_index:
+                self.armed = False
+                flush = threading.Thread(target=self.log.sync)
+                flush.start()
+                flush.join()
+            return value
+
+    notified: list[bool] = []
+    store = open_store(tmp_path / "s", parallel=True, notify_log_append_completion=notified.append)
+    log = store._log
+    store._log = proxy = FlushEndsOnRead(log)  # type: ignore[assignment]
+    try:
+        store.append(app(0, b"a"))
+        store.end_of_append_batch(1, 1)  # written; its flush may still be to come
+        store.append(app(0, b"b"))
+        proxy.armed = True
+        store.end_of_append_batch(2, 1)
+        deadline = time.monotonic() + 10
+        while store.last_durable_index() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.last_durable_index() == 2
+        assert notified and all(notified)
+    finally:
+        store._log = log
         store.close()
 
 

@@ -206,10 +206,11 @@ class Aof:
             self._read_path.header_bytes = self._header_bytes
             self._read_path.verify = verify_reads
             self._read_path.slow = self._read_slow
-            if type(self).read is Aof.read:
+            if type(self).read is _AOF_READ:
                 # Reads of a few hundred bytes take ~450 ns; a Python frame around the
                 # compiled lookup was 60 of them. Bound on the instance, so callers skip
-                # it while the method stays the reference (and a subclass's override wins).
+                # it while the method stays the reference (and a subclass's override, or
+                # a patch of Aof.read, wins).
                 self.read = self._read_path.payload  # type: ignore[method-assign]
             self._set_segments(recovered.segments)
             self._set_first_index(meta.first_index)
@@ -1101,10 +1102,15 @@ class Aof:
 
     @contextlib.contextmanager
     def _changing_index(self) -> Iterator[None]:
-        """Mark the index as changing for lock-free lookups (see :meth:`_index_lookup`)."""
+        """Mark the index as changing for lock-free lookups (see :meth:`_index_lookup`);
+        an I/O error in the block fails the store stop, as the index may be half
+        changed (a reopen rebuilds it from the files)."""
         self._truncations += 1
         try:
             yield
+        except StorageIOError as exc:
+            self._commit.fail(exc)
+            raise
         finally:
             self._truncations += 1
 
@@ -1190,6 +1196,9 @@ class Aof:
         if len(self._scratch) < size:
             self._scratch = bytearray(max(size, 2 * len(self._scratch)))
         return self._scratch
+
+
+_AOF_READ = Aof.read  # (as defined here: Aof.open binds the compiled read only for it)
 
 
 def _unsigned_column(values: npt.ArrayLike, dtype: type[np.unsignedinteger[Any]], name: str) -> Any:

@@ -10,7 +10,6 @@ past a failed fdatasync and every later request raises.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from segstore.errors import FailedStateError, StorageIOError
@@ -39,6 +38,7 @@ class GroupCommit:
         self._callbacks: tuple[DurableCallback, ...] = ()
         self._wakeup = threading.Event()
         self._stopping = False
+        self._stopped = threading.Event()  # cuts a linger short at stop
         self._thread: threading.Thread | None = None
 
     @property
@@ -144,9 +144,7 @@ class GroupCommit:
                 if self._stopping:
                     return
                 noted = self._written_index()
-                if linger > 0:
-                    time.sleep(linger)
-                if self._stopping:
+                if self._stopped.wait(linger):
                     return
                 if self._durable_index >= noted:
                     linger = min(2 * linger, LINGER_BACKOFF * linger_s)
@@ -171,6 +169,7 @@ class GroupCommit:
     def stop_background(self) -> None:
         """Stop the background thread (after its current flush)."""
         self._stopping = True
+        self._stopped.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join()

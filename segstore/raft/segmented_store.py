@@ -255,7 +255,7 @@ class SegmentedLogStore(LogStore):
             self._append_checked,
             self._write_pending,
         )
-        if type(self).append is SegmentedLogStore.append:
+        if type(self).append is _STORE_APPEND:
             self.append = self._appender.append  # type: ignore[method-assign]
         self._closed = False
         self._log.on_durable(self._on_durable)
@@ -480,10 +480,14 @@ class SegmentedLogStore(LogStore):
         check_index("count", count)
         with self._lock:
             self._check_writable()
-            if self._parallel and self._log.durable_index < self._log.last_index:
-                self._write_deferred = bool(self._pending)
-            else:
-                self._write_pending()
+            if self._parallel and self._pending:
+                # The flag first: a flush that ends from here on finds it and writes
+                # the batch; one that ended before the check below left it to us.
+                self._write_deferred = True
+                if self._log.durable_index < self._log.last_index:
+                    return
+                self._write_deferred = False
+            self._write_pending()
         if not self._parallel:
             self._log.sync()
 
@@ -1001,5 +1005,7 @@ class SegmentedLogStore(LogStore):
                 self._route_error = exc
                 return
 
+
+_STORE_APPEND = SegmentedLogStore.append  # (open binds the compiled append only for it)
 
 __all__ = ["SegmentedLogStore"]
