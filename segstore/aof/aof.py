@@ -804,20 +804,26 @@ class Aof:
         return self._read_slow(index)
 
     def _read_slow(self, index: int) -> memoryview:
-        return self._consistent_read(lambda: self._read_located(index))
+        return self._lock_free_read(lambda: self._read_located(index))
 
-    def _consistent_read(self, read: Callable[[], _Read]) -> _Read:
-        """Run a lock-free read; if it fails the way a racing truncation or rewrite
-        can make it fail (a frame or position that no longer checks out), run it again
-        with writes held off, where a failure is real. Reads take no lock otherwise."""
-        try:
-            return read()
-        except CorruptionError:
-            pass
-        except SegstoreError:
-            raise  # out of range, closed, bad argument: the same under the lock
-        except ValueError:
-            pass  # a kernel's position check
+    def _lock_free_read(self, read: Callable[[], _Read]) -> _Read:
+        """Run a read with no lock; run it again with writes held off if a truncation
+        ran meanwhile (its counter odd or moved: the result may be shifted or short) or
+        if it failed the way a racing rewrite can make it fail (a frame or a kernel's
+        position check that no longer checks out). A failure under the lock is real."""
+        before = self._truncations
+        if not before & 1:
+            try:
+                found = read()
+            except Exception as exc:
+                frame_failed = isinstance(exc, CorruptionError) or (
+                    isinstance(exc, ValueError) and not isinstance(exc, SegstoreError)
+                )
+                if not frame_failed and self._truncations == before:
+                    raise  # out of range, closed, bad argument: the same under the lock
+            else:
+                if self._truncations == before:
+                    return found
         with self._write_lock:
             return read()
 
@@ -852,7 +858,7 @@ class Aof:
         record = self._read_path.read_copy(index)
         if record is not None:
             return record
-        return self._consistent_read(lambda: self._read_record_located(index))
+        return self._lock_free_read(lambda: self._read_record_located(index))
 
     def _read_record_located(self, index: int) -> tuple[bytes, bytes]:
         segment, position = self._locate(index)
@@ -871,7 +877,7 @@ class Aof:
 
     def header_raw(self, index: int) -> bytes:
         """The header of record ``index`` as its raw bytes (cheaper than :meth:`header`)."""
-        return self._index_lookup(lambda: self._header_raw_located(index))
+        return self._lock_free_read(lambda: self._header_raw_located(index))
 
     def _header_raw_located(self, index: int) -> bytes:
         segment, position = self._locate(index)
@@ -881,7 +887,7 @@ class Aof:
     def header(self, index: int) -> Any:
         """The header of record ``index`` as a structured numpy scalar."""
         dtype = self._require_dtype()
-        raw = self._index_lookup(lambda: self._header_raw_located(index))
+        raw = self._lock_free_read(lambda: self._header_raw_located(index))
         return np.frombuffer(raw, dtype)[0].copy()
 
     @overload
@@ -900,7 +906,7 @@ class Aof:
         ``bytes`` that outlive everything, which for records of a few hundred bytes is
         also the cheaper of the two in CPython.
         """
-        return self._consistent_read(lambda: self._read_range(start, end, copy))
+        return self._lock_free_read(lambda: self._read_range(start, end, copy))
 
     def _read_range(self, start: int, end: int, copy: bool) -> list[memoryview] | list[bytes]:
         parts: list[list[Any]] = []
@@ -927,7 +933,7 @@ class Aof:
     def payload_spans(self, start: int, end: int) -> list[PayloadSpan]:
         """Where the payloads of records ``[start, end)`` lie, one span per segment,
         after checking their CRCs like :meth:`read_range`; no payload is copied."""
-        return self._consistent_read(lambda: self._payload_spans(start, end))
+        return self._lock_free_read(lambda: self._payload_spans(start, end))
 
     def _payload_spans(self, start: int, end: int) -> list[PayloadSpan]:
         spans = []
@@ -971,7 +977,7 @@ class Aof:
             parts = [s.headers[lo * h : hi * h] for s, lo, hi in self._spans(start, end)]
             return np.concatenate(parts) if parts else np.empty(0, np.uint8)
 
-        return self._index_lookup(lookup).view(dtype)
+        return self._lock_free_read(lookup).view(dtype)
 
     def payload_lengths(self, start: int, end: int) -> npt.NDArray[np.uint32]:
         """Payload sizes of records ``[start, end)`` without touching payloads."""
@@ -980,24 +986,7 @@ class Aof:
             parts = [segment.lengths[lo:hi] for segment, lo, hi in self._spans(start, end)]
             return np.concatenate(parts) if parts else np.empty(0, np.uint32)
 
-        return self._index_lookup(lookup)
-
-    def _index_lookup(self, lookup: Callable[[], _Read]) -> _Read:
-        """Run a lookup of the in-memory index with no lock, unless a truncation ran
-        meanwhile (it may have left the lookup with a shifted or short result, or a
-        spurious error): then run it again with writes held off."""
-        before = self._truncations
-        if not before & 1:
-            try:
-                found = lookup()
-            except Exception:
-                if self._truncations == before:
-                    raise  # a real error: nothing changed under the lookup
-            else:
-                if self._truncations == before:
-                    return found
-        with self._write_lock:
-            return lookup()
+        return self._lock_free_read(lookup)
 
     def _spans(self, start: int, end: int) -> list[tuple[Segment, int, int]]:
         """(segment, first position, end position) covering ``[start, end)``."""
@@ -1102,7 +1091,7 @@ class Aof:
 
     @contextlib.contextmanager
     def _changing_index(self) -> Iterator[None]:
-        """Mark the index as changing for lock-free lookups (see :meth:`_index_lookup`);
+        """Mark the index as changing for lock-free lookups (see :meth:`_lock_free_read`);
         an I/O error in the block fails the store stop, as the index may be half
         changed (a reopen rebuilds it from the files)."""
         self._truncations += 1

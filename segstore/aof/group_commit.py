@@ -37,8 +37,7 @@ class GroupCommit:
         # Replaced, never changed in place, so a flush reads it without the lock.
         self._callbacks: tuple[DurableCallback, ...] = ()
         self._wakeup = threading.Event()
-        self._stopping = False
-        self._stopped = threading.Event()  # cuts a linger short at stop
+        self._stopped = threading.Event()  # (an event: it also cuts a linger short)
         self._thread: threading.Thread | None = None
 
     @property
@@ -141,7 +140,7 @@ class GroupCommit:
             while True:
                 self._wakeup.wait()
                 self._wakeup.clear()  # (a nudge from here on starts another round)
-                if self._stopping:
+                if self._stopped.is_set():
                     return
                 noted = self._written_index()
                 if self._stopped.wait(linger):
@@ -168,7 +167,6 @@ class GroupCommit:
 
     def stop_background(self) -> None:
         """Stop the background thread (after its current flush)."""
-        self._stopping = True
         self._stopped.set()
         self._wakeup.set()
         if self._thread is not None:

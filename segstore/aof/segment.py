@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -155,17 +156,18 @@ class Segment(SegmentIndexBase):
         with self._map_lock:
             self._released = True
             self.reader = None  # its export of the view would keep the mapping open
-            released = True
-            if self._view is not None:
-                try:
-                    self._view.release()
-                except BufferError:
-                    released = False
-                self._view = None
-            if self._map is not None:
-                try:
-                    self._map.close()
-                except BufferError:
-                    released = False
-                self._map = None
+            view_released = _let_go(None if self._view is None else self._view.release)
+            map_closed = _let_go(None if self._map is None else self._map.close)
+            self._view = self._map = None
+            released = view_released and map_closed
         return released
+
+
+def _let_go(close: Callable[[], None] | None) -> bool:
+    """Release or close a mapping (None: there is none); False if views still hold it."""
+    if close is not None:
+        try:
+            close()
+        except BufferError:
+            return False
+    return True
